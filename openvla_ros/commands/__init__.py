@@ -1,0 +1,1 @@
+"""Subcommands of the `openvla-ros` CLI; each module exposes `add_arguments(parser)` and `run(args)`."""

@@ -1,0 +1,43 @@
+"""`openvla-ros convert-om`: run `scripts/convert_onnx_to_om.sh` (the one place the ATC commands
+live) on an export directory; arguments are passed through unchanged."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = "convert_onnx_to_om.sh"
+
+
+def script_path() -> Path:
+    """The conversion script in a source checkout, or where a wheel/colcon install puts it."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "scripts" / SCRIPT,
+        Path(sys.prefix) / "share" / "openvla_ros" / "scripts" / SCRIPT,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{SCRIPT} not found in {[str(c) for c in candidates]}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", required=True, type=Path, help="directory written by `openvla-ros export`")
+    parser.add_argument("--out", required=True, type=Path, help="directory for the .om files + manifest")
+    parser.add_argument("--soc-version", default="Ascend310P3", help="ATC --soc_version (default: %(default)s)")
+    parser.add_argument("--precision", action="append", default=[], metavar="GRAPH=MODE",
+                        help="ATC --precision_mode_v2 for one graph (default: origin for vla_prefill "
+                             "and vla_decoder, fp16 for the others); repeatable")
+    parser.add_argument("--log", default="error", help="ATC log level (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="print the ATC commands instead of running them")
+
+
+def run(args: argparse.Namespace) -> int:
+    command = ["bash", str(script_path()), "--onnx", str(args.onnx), "--out", str(args.out),
+               "--soc-version", args.soc_version, "--log", args.log]
+    for spec in args.precision:
+        command += ["--precision", spec]
+    if args.dry_run:
+        command.append("--dry-run")
+    return subprocess.run(command, check=False).returncode

@@ -1,0 +1,42 @@
+"""`openvla-ros verify`: the torch reference vs the ONNX pipeline on fixed inputs, graph by graph;
+prints a summary, writes a JSON report and exits 1 when the export does not reproduce the reference."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the checkpoint that was exported")
+    parser.add_argument("--onnx", required=True, type=Path, help="directory written by `openvla-ros export`")
+    parser.add_argument("--unnorm-key", help="norm stats key (default: the one with the most action dims)")
+    parser.add_argument("--random-images", type=int, default=2, help="seeded random images besides the zeros image")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--instruction", help="instruction for every case (default: a fixed LIBERO-style one)")
+    parser.add_argument("--min-token-agreement", type=float,
+                        help="pass threshold on the fraction of equal action tokens (default 1.0 fp32, 0.9 fp16)")
+    parser.add_argument("--report", type=Path, help="JSON report path (default: ONNX_DIR/verify_report.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from openvla_ros.export.verify import DEFAULT_INSTRUCTION, default_cases, verify_export
+
+    if args.random_images < 0:
+        raise ValueError(f"--random-images must be >= 0, got {args.random_images}")
+    cases = default_cases(args.random_images, args.seed, args.instruction or DEFAULT_INSTRUCTION)
+    report = verify_export(args.checkpoint, args.onnx, cases, unnorm_key=args.unnorm_key,
+                           min_token_agreement=args.min_token_agreement)
+    print(f"verify {args.onnx} ({report['dtype']}) against {args.checkpoint}, unnorm_key {report['unnorm_key']}")
+    for key, diff in report["graphs"].items():
+        print(f"  {key:32s} max abs diff {diff['max_abs_diff']:.3e}  mean abs diff {diff['mean_abs_diff']:.3e}")
+    for case in report["cases"]:
+        status = "match" if case["tokens_match"] else "MISMATCH"
+        print(f"  {case['case']:24s} tokens {status} ({case['token_agreement']:.0%}), "
+              f"action max abs diff {case['action_max_abs_diff']:.3e}")
+    print(f"  token agreement {report['token_agreement']:.1%}, {report['sequences_matching']}/{report['cases_total']} "
+          f"sequences identical -> {'PASS' if report['passed'] else 'FAIL'}")
+    path = args.report or args.onnx / "verify_report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"  report: {path}")
+    return 0 if report["passed"] else 1

@@ -1,0 +1,138 @@
+"""`export_onnx`: an OpenVLA checkpoint -> five static-shape ONNX graphs + manifest.json + processor files.
+
+Graphs (I/O names as in the manifest; D = dtype float, L = 1 + patches + max_text_tokens,
+C = L + largest action dim, KV = [layers, 2, 1, kv_heads, C, head_dim]):
+- vision_backbone: pixel_values D[1, 6, H, W] -> patch_features D[1, P, Dv]
+- projector:       patch_features -> patch_embeds D[1, P, hidden]
+- embedding:       input_ids int64[1, 1 + max_text_tokens] -> token_embeds D[1, 1 + max_text_tokens, hidden]
+- vla_prefill:     token_embeds, patch_embeds, attention_mask int64[1, L], position_ids int64[1, L]
+                   -> logits D[1, V], next_token int64[1, 1], present_kv D KV
+- vla_decoder:     token int64[1, 1], cache_position int64[1], past_kv D KV
+                   -> logits D[1, V], next_token int64[1, 1], present_kv D KV
+`max_text_tokens` defaults to 31 so that L = 288 for 256 patches, the reference layout.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from openvla_ros.actions import ActionDecoder
+from openvla_ros.export.llama_graphs import DecoderGraph, EmbeddingGraph, PrefillGraph
+from openvla_ros.export.onnx_graph import OPSET, check_graph, export_module
+from openvla_ros.runtime.manifest import (
+    DTYPES,
+    GRAPH_NAMES,
+    ActionTokens,
+    GraphSpec,
+    Manifest,
+    SequenceLayout,
+)
+
+DEFAULT_MAX_TEXT_TOKENS = 31
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# Copied next to the manifest: what the torch-free processor, tokenizer and action decoder read.
+PROCESSOR_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "generation_config.json")
+
+Progress = Callable[[str], None]
+
+
+def export_onnx(
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    dtype: str = "fp32",
+    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
+    progress: Progress | None = print,
+) -> Path:
+    """Export `checkpoint_dir` into `out_dir` (created); returns `out_dir`. See the module docstring."""
+    from openvla_ros.checkpoint import OpenVLAConfig
+    from openvla_ros.model import OpenVLA
+    from openvla_ros.processing import ImageProcessor, PromptTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}; expected one of {DTYPES}")
+    if max_text_tokens < 1:
+        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+    say = progress or (lambda _msg: None)
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    say(f"[export] loading {checkpoint_dir} ...")
+    config = OpenVLAConfig.load(checkpoint_dir)
+    if not config.norm_stats:
+        raise ValueError(f"{checkpoint_dir}/config.json has no norm_stats; cannot size the action decode")
+    actions = ActionDecoder(config.norm_stats, config.text_vocab_size, config.pad_to_multiple_of, config.n_action_bins)
+    action_dim = max(actions.action_dim(key) for key in config.norm_stats)  # the KV cache fits every key
+    images = ImageProcessor.from_pretrained(checkpoint_dir)
+    model = OpenVLA.from_pretrained(checkpoint_dir, dtype=TORCH_DTYPES[dtype])
+    pixel_values = torch.zeros(1, images.channels, *images.input_hw, dtype=TORCH_DTYPES[dtype])
+    layout, graphs = _graph_modules(model, pixel_values, max_text_tokens, action_dim, config.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs: dict[str, GraphSpec] = {}
+    for i, name in enumerate(GRAPH_NAMES, 1):
+        module, args, input_names, output_names = graphs[name]
+        t0 = time.perf_counter()
+        say(f"[export] [{i}/{len(GRAPH_NAMES)}] {name}: tracing and writing {name}.onnx ...")
+        path = out_dir / f"{name}.onnx"
+        export_module(module, args, path, input_names, output_names)
+        report = check_graph(path)
+        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs)
+        say(f"[export] [{i}/{len(GRAPH_NAMES)}] {name}: {report.nbytes / 1e6:.1f} MB, "
+            f"{len(report.op_types)} op types, checked, {time.perf_counter() - t0:.1f} s")
+    copied = tuple(name for name in PROCESSOR_FILES if (checkpoint_dir / name).is_file())
+    for name in copied:
+        shutil.copy2(checkpoint_dir / name, out_dir / name)
+    manifest = Manifest(
+        directory=out_dir,
+        model_name=checkpoint_dir.resolve().name,
+        dtype=dtype,
+        opset=OPSET,
+        layout=layout,
+        image_shape=tuple(pixel_values.shape[1:]),
+        bos_token_id=PromptTokenizer.from_pretrained(checkpoint_dir).bos_token_id,
+        pad_token_id=int(config.pad_token_id),
+        action_tokens=ActionTokens(
+            text_vocab_size=config.text_vocab_size,
+            pad_to_multiple_of=int(config.pad_to_multiple_of),
+            n_action_bins=int(config.n_action_bins),
+        ),
+        graphs=specs,
+        norm_stats=config.norm_stats,
+        processor_files=copied,
+        extra={"export": {"torch": torch.__version__, "source": str(checkpoint_dir.resolve())}},
+    )
+    manifest.write()
+    say(f"[export] wrote {len(GRAPH_NAMES)} graphs and manifest.json to {out_dir}")
+    return out_dir
+
+
+def _graph_modules(model: torch.nn.Module, pixel_values: torch.Tensor, max_text_tokens: int, action_dim: int,
+                   pad_id: int) -> tuple[SequenceLayout, dict]:
+    """The static layout, and graph name -> (module, example args, input names, output names)."""
+    lm = model.language_model
+    with torch.no_grad():
+        patch_features = model.vision_backbone(pixel_values)
+        patch_embeds = model.projector(patch_features)
+    layout = SequenceLayout(num_patches=int(patch_features.shape[1]), max_text_tokens=max_text_tokens,
+                            action_dim=action_dim)
+    input_ids = torch.full((1, 1 + max_text_tokens), pad_id, dtype=torch.long)
+    attention_mask = torch.ones(1, layout.length, dtype=torch.long)
+    position_ids = torch.arange(layout.length)[None]
+    embedding = EmbeddingGraph(lm)
+    prefill = PrefillGraph(lm, layout.length, layout.kv_capacity)
+    decoder = DecoderGraph(lm, layout.kv_capacity)
+    with torch.no_grad():
+        token_embeds = embedding(input_ids)
+        _, next_token, present_kv = prefill(token_embeds, patch_embeds, attention_mask, position_ids)
+    return layout, {
+        "vision_backbone": (model.vision_backbone, (pixel_values,), ["pixel_values"], ["patch_features"]),
+        "projector": (model.projector, (patch_features,), ["patch_features"], ["patch_embeds"]),
+        "embedding": (embedding, (input_ids,), ["input_ids"], ["token_embeds"]),
+        "vla_prefill": (prefill, (token_embeds, patch_embeds, attention_mask, position_ids),
+                        ["token_embeds", "patch_embeds", "attention_mask", "position_ids"],
+                        ["logits", "next_token", "present_kv"]),
+        "vla_decoder": (decoder, (next_token, torch.tensor([layout.length]), present_kv),
+                        ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"]),
+    }

@@ -1,0 +1,48 @@
+"""Torch-free runtimes for exported OpenVLA graphs: ONNX Runtime and Ascend OM (pyACL).
+
+Layers, top to bottom:
+- `policy.RuntimePolicy`: the `Policy` protocol (preprocess -> pipeline -> action decoding);
+- `pipeline.GraphPipeline`: the five graphs, buffer plan, greedy decode with the KV cache kept in
+  runtime memory (shared by every backend);
+- `session.GraphRuntime`: "run this graph with these buffers", implemented by
+  `onnxruntime_backend.OnnxRuntimeGraphs` (OrtValues + IO binding) and `om_backend.AclGraphs`
+  (device memory + acl.mdl.execute).
+Backends and their dependencies are imported only when chosen.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNTIME_BACKENDS = ("onnxruntime", "om")
+
+
+def load_runtime_policy(backend: str, model_dir: str | Path, unnorm_key: str | None = None, **options):
+    """A `Policy` over an exported directory (`onnxruntime`: ONNX graphs; `om`: convert-om output).
+
+    Options: onnxruntime -> `provider` ("cpu" | "cuda" | "cann"), `device_id`, `intra_op_threads`;
+    om -> `device_id`. Unknown options are a ValueError.
+    """
+    from openvla_ros.runtime.manifest import Manifest
+    from openvla_ros.runtime.policy import RuntimePolicy
+
+    allowed = {"onnxruntime": {"provider", "device_id", "intra_op_threads"}, "om": {"device_id"}}
+    if backend not in allowed:
+        raise ValueError(f"unknown runtime backend {backend!r}; expected one of {RUNTIME_BACKENDS}")
+    unknown = sorted(set(options) - allowed[backend])
+    if unknown:
+        raise ValueError(f"options {unknown} are not understood by the {backend} backend; "
+                         f"expected some of {sorted(allowed[backend])}")
+    manifest = Manifest.load(model_dir)
+    if backend == "onnxruntime":
+        from openvla_ros.runtime.onnxruntime_backend import OnnxRuntimeGraphs
+
+        runtime = OnnxRuntimeGraphs(**options)
+    else:
+        from openvla_ros.runtime.om_backend import AclGraphs
+
+        runtime = AclGraphs(**options)
+    try:
+        return RuntimePolicy(manifest, runtime, unnorm_key=unnorm_key)
+    except BaseException:
+        runtime.close()
+        raise

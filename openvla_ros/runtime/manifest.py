@@ -1,0 +1,218 @@
+"""`manifest.json`: everything a runtime needs to run an exported model without torch or the checkpoint.
+
+An export directory holds the five graphs (`<graph>.onnx`, or `<graph>.om` after ATC), the
+processor files copied from the checkpoint (tokenizer, preprocessor config, config.json) and this
+manifest. The manifest records each graph's input/output names, static shapes and dtypes in the
+order the graph declares them (the OM adapter binds buffers by position), the sequence layout
+(L = 1 + patches + max text tokens, KV capacity = L + action dim), the special token ids and the
+action norm stats.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "openvla-ros-graphs"
+MANIFEST_VERSION = 1
+
+# Execution order of the split graphs; also the file stems (`<name>.onnx` / `<name>.om`).
+GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder")
+DTYPES: tuple[str, ...] = ("fp32", "fp16")
+TENSOR_DTYPES: tuple[str, ...] = ("float32", "float16", "int64")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: a static shape and a numpy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TENSOR_DTYPES:
+            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {TENSOR_DTYPES}")
+        if not self.shape or any((not isinstance(d, int)) or d <= 0 for d in self.shape):
+            raise ValueError(f"tensor {self.name!r}: shape {self.shape} must be static positive ints")
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
+        return cls(name=str(data["name"]), shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: its file and its ordered inputs and outputs."""
+
+    name: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return _find(self.inputs, name, f"graph {self.name!r} input")
+
+    def output(self, name: str) -> TensorSpec:
+        return _find(self.outputs, name, f"graph {self.name!r} output")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> "GraphSpec":
+        return cls(
+            name=name,
+            file=str(data["file"]),
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+        )
+
+
+def _find(specs: tuple[TensorSpec, ...], name: str, what: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"{what} {name!r} not found; have {[s.name for s in specs]}")
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Static prompt layout: [BOS, patches, text padded to max_text_tokens] = length positions."""
+
+    num_patches: int
+    max_text_tokens: int
+    action_dim: int  # the largest action dim over the norm stats: decode steps the cache holds
+
+    @property
+    def length(self) -> int:
+        return 1 + self.num_patches + self.max_text_tokens
+
+    @property
+    def kv_capacity(self) -> int:
+        return self.length + self.action_dim
+
+
+@dataclass(frozen=True)
+class ActionTokens:
+    """What action decoding needs: action token ids count down from V = text_vocab_size -
+    pad_to_multiple_of, one per bin of n_action_bins uniform bins on [-1, 1]."""
+
+    text_vocab_size: int
+    pad_to_multiple_of: int
+    n_action_bins: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed `manifest.json` (see module docstring)."""
+
+    directory: Path
+    model_name: str
+    dtype: str
+    opset: int
+    layout: SequenceLayout
+    image_shape: tuple[int, int, int]
+    bos_token_id: int | None  # None when the tokenizer adds no BOS
+    pad_token_id: int
+    action_tokens: ActionTokens
+    graphs: dict[str, GraphSpec]
+    norm_stats: dict[str, Any]
+    processor_files: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def graph_path(self, name: str, suffix: str) -> Path:
+        """Path of graph `name` with `suffix` (".onnx" or ".om") in this directory."""
+        return self.directory / (Path(self.graphs[name].file).stem + suffix)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_VERSION,
+            "model_name": self.model_name,
+            "dtype": self.dtype,
+            "opset": self.opset,
+            "sequence": {
+                "length": self.layout.length,
+                "num_patches": self.layout.num_patches,
+                "max_text_tokens": self.layout.max_text_tokens,
+                "action_dim": self.layout.action_dim,
+                "kv_capacity": self.layout.kv_capacity,
+            },
+            "image_shape": list(self.image_shape),
+            "tokens": {"bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id},
+            "action_tokens": {
+                "text_vocab_size": self.action_tokens.text_vocab_size,
+                "pad_to_multiple_of": self.action_tokens.pad_to_multiple_of,
+                "n_action_bins": self.action_tokens.n_action_bins,
+            },
+            "graphs": {name: self.graphs[name].to_json() for name in GRAPH_NAMES},
+            "norm_stats": self.norm_stats,
+            "processor_files": list(self.processor_files),
+            **self.extra,
+        }
+
+    def write(self) -> Path:
+        path = self.directory / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Manifest":
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: expected a directory written by `openvla-ros export` or `convert-om`"
+            )
+        data = json.loads(path.read_text())
+        if data.get("format") != MANIFEST_FORMAT or data.get("format_version") != MANIFEST_VERSION:
+            raise ValueError(
+                f"{path}: format {data.get('format')!r} v{data.get('format_version')!r}; "
+                f"expected {MANIFEST_FORMAT!r} v{MANIFEST_VERSION}"
+            )
+        missing = [g for g in GRAPH_NAMES if g not in data.get("graphs", {})]
+        if missing:
+            raise ValueError(f"{path}: graphs {missing} missing; expected all of {GRAPH_NAMES}")
+        if data["dtype"] not in DTYPES:
+            raise ValueError(f"{path}: dtype {data['dtype']!r}; expected one of {DTYPES}")
+        seq = data["sequence"]
+        layout = SequenceLayout(
+            num_patches=int(seq["num_patches"]),
+            max_text_tokens=int(seq["max_text_tokens"]),
+            action_dim=int(seq["action_dim"]),
+        )
+        if layout.length != int(seq["length"]) or layout.kv_capacity != int(seq["kv_capacity"]):
+            raise ValueError(f"{path}: sequence length/kv_capacity disagree with its parts: {seq}")
+        known = {"format", "format_version", "model_name", "dtype", "opset", "sequence", "image_shape",
+                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files"}
+        return cls(
+            directory=directory,
+            model_name=str(data["model_name"]),
+            dtype=str(data["dtype"]),
+            opset=int(data["opset"]),
+            layout=layout,
+            image_shape=tuple(int(d) for d in data["image_shape"]),
+            bos_token_id=None if data["tokens"]["bos_token_id"] is None else int(data["tokens"]["bos_token_id"]),
+            pad_token_id=int(data["tokens"]["pad_token_id"]),
+            action_tokens=ActionTokens(**{k: int(v) for k, v in data["action_tokens"].items()}),
+            graphs={name: GraphSpec.from_json(name, data["graphs"][name]) for name in GRAPH_NAMES},
+            norm_stats=data["norm_stats"],
+            processor_files=tuple(data["processor_files"]),
+            extra={k: v for k, v in data.items() if k not in known},
+        )

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Convert the five ONNX graphs of an `openvla-ros export` directory into Ascend offline models
+# (.om) with ATC, and copy the manifest and processor files next to them, so the output directory
+# is all the `om` backend needs (`openvla-ros predict --backend om --om OUT`).
+#
+# usage: convert_onnx_to_om.sh --onnx DIR --out DIR [--soc-version SOC] [--precision GRAPH=MODE]...
+#                              [--log LEVEL] [--dry-run]
+#   --soc-version   ATC --soc_version (default Ascend310P3; `npu-smi info` shows the chip name)
+#   --precision     ATC --precision_mode_v2 for one graph: fp16 | origin | mixed_float16 | ...
+#                   defaults: vla_prefill=origin, vla_decoder=origin (keep the exported dtype and
+#                   the float32 RMSNorm/softmax), vision_backbone/projector/embedding=fp16
+#   --dry-run       print the ATC commands instead of running them (no atc needed)
+# The graphs have static shapes, so no --input_shape is needed. Export with `--dtype fp16` for the
+# 310P: its matrix units have no float32, so `origin` on an fp32 export would leave the LLM matmuls
+# to the AI CPU (pass --precision vla_prefill=fp16 --precision vla_decoder=fp16 for fp32 exports).
+set -euo pipefail
+
+GRAPHS=(vision_backbone projector embedding vla_prefill vla_decoder)
+declare -A PRECISION=([vision_backbone]=fp16 [projector]=fp16 [embedding]=fp16 [vla_prefill]=origin [vla_decoder]=origin)
+ONNX_DIR="" OUT_DIR="" SOC="Ascend310P3" LOG="error" DRY_RUN=0
+
+die() { echo "convert_onnx_to_om: error: $*" >&2; exit 2; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --onnx) ONNX_DIR="${2:?--onnx needs a directory}"; shift 2 ;;
+    --out) OUT_DIR="${2:?--out needs a directory}"; shift 2 ;;
+    --soc-version) SOC="${2:?--soc-version needs a value}"; shift 2 ;;
+    --log) LOG="${2:?--log needs a level}"; shift 2 ;;
+    --precision)
+      spec="${2:?--precision needs GRAPH=MODE}"; graph="${spec%%=*}"; mode="${spec#*=}"
+      [[ -n "${PRECISION[$graph]+x}" && "$spec" == *=* && -n "$mode" ]] \
+        || die "--precision $spec: expected GRAPH=MODE with GRAPH one of ${GRAPHS[*]}"
+      PRECISION[$graph]="$mode"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+
+[[ -n "$ONNX_DIR" && -n "$OUT_DIR" ]] || die "--onnx DIR and --out DIR are required (see --help)"
+if [[ $DRY_RUN -eq 0 ]] && ! command -v atc >/dev/null 2>&1; then
+  die "'atc' is not on PATH: install the CANN toolkit and run 'source /usr/local/Ascend/ascend-toolkit/set_env.sh' first"
+fi
+[[ -f "$ONNX_DIR/manifest.json" ]] || die "$ONNX_DIR/manifest.json not found: expected a directory written by 'openvla-ros export'"
+for graph in "${GRAPHS[@]}"; do
+  [[ -f "$ONNX_DIR/$graph.onnx" ]] || die "$ONNX_DIR/$graph.onnx not found"
+done
+
+run() {
+  if [[ $DRY_RUN -eq 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+
+mkdir -p "$OUT_DIR"
+for graph in "${GRAPHS[@]}"; do
+  [[ $DRY_RUN -eq 1 ]] || echo "[convert_onnx_to_om] $graph: atc (precision ${PRECISION[$graph]}) ..." >&2
+  run atc --model="$ONNX_DIR/$graph.onnx" --framework=5 --output="$OUT_DIR/$graph" \
+    --soc_version="$SOC" --precision_mode_v2="${PRECISION[$graph]}" --log="$LOG"
+  [[ $DRY_RUN -eq 1 || -f "$OUT_DIR/$graph.om" ]] || die "atc did not write $OUT_DIR/$graph.om"
+done
+
+# Everything except the ONNX graphs (and their external weight files) travels with the .om files.
+for file in "$ONNX_DIR"/*; do
+  case "$file" in *.onnx|*.onnx.data) continue ;; esac
+  [[ -f "$file" ]] && run cp "$file" "$OUT_DIR/"
+done
+[[ $DRY_RUN -eq 1 ]] || echo "[convert_onnx_to_om] wrote ${#GRAPHS[@]} .om files and the manifest to $OUT_DIR" >&2

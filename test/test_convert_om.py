@@ -1,0 +1,104 @@
+"""scripts/convert_onnx_to_om.sh and `openvla-ros convert-om` on a real export. CANN's `atc` cannot
+be installed here, so a stand-in `atc` on PATH records its arguments and writes the .om file it
+is asked for; the commands themselves, the defaults, the early failure and the copied manifest
+are what is checked."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "scripts" / "convert_onnx_to_om.sh"
+GRAPHS = ["vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder"]
+BASE_PATH = "/usr/bin:/bin"  # no CANN here: `atc` is not on it
+FAKE_ATC = """#!/bin/bash
+echo "$@" >> "$ATC_LOG"
+for arg in "$@"; do case "$arg" in --output=*) out="${arg#--output=}" ;; esac; done
+echo "stand-in om" > "$out.om"
+"""
+
+
+@pytest.fixture()
+def atc_env(tmp_path) -> dict[str, str]:
+    bin_dir = tmp_path / "cann_bin"
+    bin_dir.mkdir()
+    (bin_dir / "atc").write_text(FAKE_ATC)
+    (bin_dir / "atc").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{BASE_PATH}", "ATC_LOG": str(tmp_path / "atc.log")}
+
+
+def _script(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["/bin/bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, check=False)
+
+
+def _atc_calls(env: dict[str, str]) -> dict[str, list[str]]:
+    calls = {}
+    for line in Path(env["ATC_LOG"]).read_text().splitlines():
+        args = line.split()
+        model = next(a for a in args if a.startswith("--model="))
+        calls[Path(model.split("=", 1)[1]).stem] = args
+    return calls
+
+
+def test_fails_early_without_atc(tiny_onnx_export, tmp_path):
+    out = tmp_path / "om"
+    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(out)], {**os.environ, "PATH": BASE_PATH})
+    assert proc.returncode == 2
+    assert "'atc' is not on PATH" in proc.stderr and "set_env.sh" in proc.stderr
+    assert not out.exists()
+
+
+def test_converts_five_graphs_and_copies_the_manifest(tiny_onnx_export, tmp_path, atc_env):
+    out = tmp_path / "om"
+    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(out)], atc_env)
+    assert proc.returncode == 0, proc.stderr
+    calls = _atc_calls(atc_env)
+    assert sorted(calls) == sorted(GRAPHS)
+    for graph, args in calls.items():
+        assert f"--output={out}/{graph}" in args
+        assert "--framework=5" in args and "--soc_version=Ascend310P3" in args
+        expected = "origin" if graph in ("vla_prefill", "vla_decoder") else "fp16"
+        assert f"--precision_mode_v2={expected}" in args
+    names = {p.name for p in out.iterdir()}
+    assert {f"{g}.om" for g in GRAPHS} <= names
+    assert {"manifest.json", "tokenizer.json", "preprocessor_config.json"} <= names
+    assert not any(n.endswith(".onnx") for n in names)
+
+
+def test_cli_passes_soc_and_per_graph_precision(tiny_onnx_export, tmp_path, atc_env):
+    out = tmp_path / "om"
+    proc = subprocess.run(
+        [sys.executable, "-m", "openvla_ros.cli", "convert-om", "--onnx", str(tiny_onnx_export), "--out", str(out),
+         "--soc-version", "Ascend310P1", "--precision", "vla_decoder=mixed_float16", "--precision", "embedding=origin"],
+        env=atc_env, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = _atc_calls(atc_env)
+    assert "--precision_mode_v2=mixed_float16" in calls["vla_decoder"]
+    assert "--precision_mode_v2=origin" in calls["embedding"]
+    assert "--precision_mode_v2=origin" in calls["vla_prefill"]
+    assert all("--soc_version=Ascend310P1" in args for args in calls.values())
+
+
+def test_rejects_bad_precision_and_incomplete_exports(tiny_onnx_export, tmp_path, atc_env):
+    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(tmp_path / "om"), "--precision", "decoder=fp16"], atc_env)
+    assert proc.returncode == 2 and "GRAPH one of vision_backbone" in proc.stderr
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy2(tiny_onnx_export / "manifest.json", partial)
+    proc = _script(["--onnx", str(partial), "--out", str(tmp_path / "om2")], atc_env)
+    assert proc.returncode == 2 and "vision_backbone.onnx not found" in proc.stderr
+
+
+def test_dry_run_prints_the_commands_without_atc(tiny_onnx_export, tmp_path):
+    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(tmp_path / "om"), "--dry-run"],
+                   {**os.environ, "PATH": BASE_PATH})
+    assert proc.returncode == 0, proc.stderr
+    atc_lines = [line for line in proc.stdout.splitlines() if line.startswith("atc ")]
+    assert len(atc_lines) == 5 and all("--framework=5" in line for line in atc_lines)

@@ -1,0 +1,194 @@
+"""`openvla-ros bench-node`: the policy node end to end over DDS (JSON).
+
+Starts the policy node in its own process (continuous mode) and, from this process, publishes one
+frame at a time (stamped now) and waits for the `action` carrying that stamp: end-to-end latency
+is image publish -> action receive. The node reports the wall time of `Policy.predict` for each
+frame on `~/timing` (same stamp); node overhead = end-to-end minus that backend time, i.e. DDS
+transfer both ways, conversion, hand-off to the inference thread and publishing (split into
+parts by the node's wall-clock marks in `overhead_parts`). Frames are sent
+one after another, never while an inference runs, so no time is spent queueing. Both processes
+use the large-frames Fast DDS profile (openvla_ros.nodes.dds_profile) unless
+FASTDDS_DEFAULT_PROFILES_FILE is already set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from openvla_ros.commands.predict import MODEL_DIR_OPTIONS, _backend_and_dir
+from openvla_ros.policy import BACKENDS
+
+DEFAULT_SIZES = ("224x224", "640x480")
+DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
+ACTION_TIMEOUT_S = 60.0  # a timed frame whose action takes longer is counted as lost
+FIRST_ACTION_TIMEOUT_S = 300.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # The same model options as `openvla-ros predict`.
+    for backend, option in MODEL_DIR_OPTIONS.items():
+        parser.add_argument(f"--{option}", type=Path, help=f"model directory for the {backend} backend")
+    parser.add_argument("--backend", choices=BACKENDS, help="default: the one whose model option is given")
+    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="WxH",
+                        help="input frame sizes (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=100, help="timed frames per size (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed frames per size first (default: %(default)s)")
+    parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
+    parser.add_argument("--unnorm-key", default="", help="norm stats key (default: the model's only key)")
+    parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (width 640, height 480)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 640x480") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return width, height
+
+
+def summarize(values_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(values_ms, dtype=np.float64)
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "mean": float(values.mean()), "max": float(values.max())}
+
+
+class ActionWatcher:
+    """Receive times of actions (perf_counter, wall ns) and the node's ~/timing values, keyed by image stamp (ns)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.action_at: dict[int, tuple[float, int]] = {}
+        self.timing: dict[int, dict[str, float]] = {}
+
+    @staticmethod
+    def key(stamp) -> int:
+        return stamp.sec * 10**9 + stamp.nanosec
+
+    def on_action(self, received_at: float, msg) -> None:
+        with self._cond:
+            self.action_at[self.key(msg.header.stamp)] = (received_at, time.time_ns())
+            self._cond.notify_all()
+
+    def on_timing(self, received_at: float, msg) -> None:
+        values = {kv.key: float(kv.value) for kv in msg.status[0].values}
+        with self._cond:
+            self.timing[self.key(msg.header.stamp)] = values
+            self._cond.notify_all()
+
+    def wait(self, key: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: key in self.action_at and key in self.timing, timeout)
+
+
+def _frame(probe, data: bytes, width: int, height: int):
+    from sensor_msgs.msg import Image
+
+    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=data)
+    msg.header.stamp = probe.node.get_clock().now().to_msg()
+    return msg
+
+
+def _wait_first_action(probe, publisher, watcher: ActionWatcher) -> None:
+    """Send small frames until one is answered: discovery done, model loaded, instruction received."""
+    deadline = time.monotonic() + FIRST_ACTION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        msg = _frame(probe, bytes(64 * 64 * 3), 64, 64)
+        publisher.publish(msg)
+        if watcher.wait(ActionWatcher.key(msg.header.stamp), 1.0):
+            return
+    raise RuntimeError(f"no action from the policy node within {FIRST_ACTION_TIMEOUT_S:.0f} s")
+
+
+def _measure_size(probe, publisher, watcher: ActionWatcher, size: tuple[int, int], frames: int,
+                  warmup: int) -> dict:
+    width, height = size
+    images = [np.random.default_rng(i).integers(0, 256, size=(height, width, 3), dtype=np.uint8).tobytes()
+              for i in range(4)]
+    end_to_end, backend, lost = [], [], 0
+    # Overhead split by the node's wall-clock marks (same machine, same clock).
+    parts: dict[str, list[float]] = {"dds_in_ms": [], "callback_to_inference_ms": [], "inference_to_publish_ms": [],
+                                     "dds_out_ms": []}
+    for index in range(warmup + frames):
+        msg = _frame(probe, images[index % len(images)], width, height)
+        key = ActionWatcher.key(msg.header.stamp)
+        sent_at, sent_ns = time.perf_counter(), time.time_ns()
+        publisher.publish(msg)
+        if not watcher.wait(key, ACTION_TIMEOUT_S):
+            lost += index >= warmup
+            continue
+        if index >= warmup:
+            (received_at, received_ns), timing = watcher.action_at[key], watcher.timing[key]
+            end_to_end.append((received_at - sent_at) * 1e3)
+            backend.append(timing["backend_ms"])
+            parts["dds_in_ms"].append((timing["frame_received_unix_ns"] - sent_ns) * 1e-6)
+            parts["callback_to_inference_ms"].append(
+                (timing["inference_start_unix_ns"] - timing["frame_received_unix_ns"]) * 1e-6)
+            parts["inference_to_publish_ms"].append(
+                (timing["action_published_unix_ns"] - timing["inference_start_unix_ns"]) * 1e-6 - timing["backend_ms"])
+            parts["dds_out_ms"].append((received_ns - timing["action_published_unix_ns"]) * 1e-6)
+    if not end_to_end:
+        raise RuntimeError(f"no action came back for any {width}x{height} frame; see the node log")
+    overhead = [e - b for e, b in zip(end_to_end, backend)]
+    return {"frames": len(end_to_end), "lost": lost, "end_to_end_ms": summarize(end_to_end),
+            "backend_ms": summarize(backend), "node_overhead_ms": summarize(overhead),
+            "overhead_parts": {name: summarize(values) for name, values in parts.items()}}
+
+
+def run(args: argparse.Namespace) -> int:
+    from openvla_ros.nodes.dds_profile import large_frames_env
+
+    backend, model_dir = _backend_and_dir(args)
+    sizes = [parse_size(s) for s in args.sizes]
+    if args.frames < 1 or args.warmup < 0:
+        raise ValueError("--frames must be >= 1 and --warmup >= 0")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-node-"))
+    # Must be in place before this process creates its first DDS participant.
+    os.environ.update(large_frames_env(workdir))
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from openvla_ros.node_process import NodeProcess
+    from openvla_ros.nodes.policy_node import SENSOR_DATA
+    from openvla_ros.nodes.probe import LATCHED, Probe
+
+    params = {"backend": backend, "model_dir": str(model_dir.resolve()), "unnorm_key": args.unnorm_key,
+              "autostart": True, "mode": "continuous", "max_rate_hz": 1000.0}
+    node = NodeProcess("policy_node", name="bench_policy_node", params=params, log_path=workdir / "node.log")
+    watcher = ActionWatcher()
+    with Probe("bench_node_probe") as probe:
+        probe.subscribe(JointTrajectory, "action", on_message=watcher.on_action)
+        probe.subscribe(DiagnosticArray, "bench_policy_node/timing", on_message=watcher.on_timing)
+        images = probe.publisher(Image, "image", SENSOR_DATA)
+        probe.publisher(String, "instruction", LATCHED).publish(String(data=args.instruction))
+        node.start()
+        try:
+            if not probe.wait_for_subscribers("image", timeout=300.0):
+                raise RuntimeError(f"the policy node did not subscribe to image; log:\n{node.log_text()[-2000:]}")
+            _wait_first_action(probe, images, watcher)
+            results = {f"{w}x{h}": _measure_size(probe, images, watcher, (w, h), args.frames, args.warmup)
+                       for w, h in sizes}
+        finally:
+            node.stop()
+    report = {"backend": backend, "model_dir": str(model_dir), "instruction": args.instruction,
+              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+              "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"), "sizes": results}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    return 0

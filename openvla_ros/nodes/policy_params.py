@@ -1,0 +1,101 @@
+"""The policy node's parameters: declarations (descriptions, ranges) and when each may change.
+
+- RUNTIME: safe at any time (limits, ages, rate, enable, error budget).
+- ACTIVATE: read on activate; rejected while the node is active (deactivate, set, activate).
+- CONFIGURE: choose the model; read on configure; rejected once configured (clean up first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from openvla_ros.policy import BACKENDS
+
+RUNTIME, ACTIVATE, CONFIGURE = "runtime", "activate", "configure"
+MODES = ("continuous", "trigger")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    default: Any
+    description: str
+    when: str
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+
+
+PARAMS: dict[str, ParamSpec] = {
+    "backend": ParamSpec("onnxruntime", f"inference backend: {' | '.join(BACKENDS)}", CONFIGURE),
+    "model_dir": ParamSpec("", "torch: HF-format checkpoint; onnxruntime/om: export directory", CONFIGURE),
+    "unnorm_key": ParamSpec("", "norm stats key for unnormalizing actions ('' = the model's only one)", CONFIGURE),
+    "mode": ParamSpec("continuous", "continuous: infer on every new frame (<= max_rate_hz); "
+                                    "trigger: one inference per ~/step call", ACTIVATE),
+    "max_rate_hz": ParamSpec(10.0, "most inferences per second in continuous mode", RUNTIME, float_range=(0.01, 1000.0)),
+    "max_image_age_s": ParamSpec(0.5, "frames older than this (header stamp vs node clock) at inference start "
+                                      "are not acted on", RUNTIME, float_range=(0.001, 3600.0)),
+    "action_limits": ParamSpec([0.0], "per-dimension clip as [min0, max0, min1, max1, ...]; [] or [0.0] = no clip",
+                               RUNTIME),
+    "action_frame_id": ParamSpec("base_link", "frame_id of action and action/twist", ACTIVATE),
+    "use_compressed": ParamSpec(False, "subscribe image/compressed (jpeg/png) instead of image", ACTIVATE),
+    "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected", ACTIVATE, int_range=(1, 1 << 28)),
+    "max_instruction_chars": ParamSpec(512, "longer instructions are rejected", ACTIVATE, int_range=(1, 100000)),
+    "center_crop_scale": ParamSpec(1.0, "centre crop area fraction before the model's resize (1.0 = off; LIBERO "
+                                        "fine-tunes use 0.9)", ACTIVATE, float_range=(0.01, 1.0)),
+    "autostart": ParamSpec(False, "configure and activate on start (plain `ros2 run`)", ACTIVATE),
+    "max_consecutive_errors": ParamSpec(3, "inference errors in a row before the node deactivates itself",
+                                        RUNTIME, int_range=(1, 1000000)),
+    "enabled": ParamSpec(True, "publish actions (also set by ~/enable)", RUNTIME),
+}
+
+
+def declare_all(node) -> dict[str, Any]:
+    """Declare every parameter on `node`; returns name -> current value."""
+    values = {}
+    for name, spec in PARAMS.items():
+        descriptor = ParameterDescriptor(description=spec.description)
+        if spec.float_range:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
+                                                                  to_value=spec.float_range[1])]
+        if spec.int_range:
+            descriptor.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1])]
+        values[name] = node.declare_parameter(name, spec.default, descriptor).value
+    return values
+
+
+def change_refusal(name: str, state: str) -> str | None:
+    """Why `name` cannot change in lifecycle `state` ('unconfigured' | 'inactive' | 'active'), or None."""
+    when = PARAMS[name].when if name in PARAMS else RUNTIME
+    if when == ACTIVATE and state == "active":
+        return f"{name} cannot change while the node is active; deactivate it, set {name}, then activate"
+    if when == CONFIGURE and state in ("inactive", "active"):
+        return f"{name} cannot change once a model is loaded; deactivate and clean up, set {name}, then configure"
+    return None
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ValueError for values the descriptors cannot express."""
+    if name == "backend" and value not in BACKENDS:
+        raise ValueError(f"backend {value!r} is unknown; expected one of {', '.join(BACKENDS)}")
+    if name == "mode" and value not in MODES:
+        raise ValueError(f"mode {value!r} is unknown; expected one of {', '.join(MODES)}")
+    if name == "action_limits":
+        parse_action_limits(value, None)
+
+
+def parse_action_limits(values, action_dim: int | None) -> np.ndarray | None:
+    """[min0, max0, ...] -> float64 [dim, 2], or None for no clipping ([] or [0.0])."""
+    values = [float(v) for v in values]
+    if values in ([], [0.0]):
+        return None
+    if len(values) % 2 or (action_dim is not None and len(values) != 2 * action_dim):
+        expected = f"2 x {action_dim} = {2 * action_dim}" if action_dim is not None else "an even number of"
+        raise ValueError(f"action_limits has {len(values)} values; expected {expected} values "
+                         "[min0, max0, min1, max1, ...] or [] for no clipping")
+    limits = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+    bad = [i for i, (lo, hi) in enumerate(limits) if not lo <= hi]
+    if bad:
+        raise ValueError(f"action_limits: min > max (or NaN) for dimension(s) {bad}")
+    return limits

@@ -1,0 +1,1 @@
+"""The LIBERO simulator as a plain Python environment (no ROS, no torch)."""

@@ -1,0 +1,86 @@
+"""Incoming policy actions for the bridge: validation of the action message content and a
+thread-safe slot the simulator loop waits on (by frame stamp in lockstep, latest in realtime)."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from openvla_ros.sim.libero_env import ACTION_DIM, check_action
+
+# joint_names the policy node writes on `action` (trajectory_msgs/JointTrajectory).
+ACTION_LABELS = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+
+
+def parse_action(labels: Sequence[str], points: Sequence[Sequence[float]]) -> np.ndarray:
+    """Validate a JointTrajectory's content: exactly one point with 7 finite values; labels, when
+    present, must be ACTION_LABELS. Returns the values; ValueError says what is wrong."""
+    if len(points) != 1:
+        raise ValueError(f"expected exactly one trajectory point, got {len(points)}")
+    if len(labels) and tuple(labels) != ACTION_LABELS:
+        raise ValueError(f"joint_names must be {list(ACTION_LABELS)} (or empty), got {list(labels)}")
+    if len(points[0]) != ACTION_DIM:
+        raise ValueError(f"expected {ACTION_DIM} positions, got {len(points[0])}")
+    return check_action(points[0])
+
+
+@dataclass(frozen=True)
+class ReceivedAction:
+    values: np.ndarray
+    stamp_ns: int  # header.stamp of the frame the action was computed from
+    received_at: float  # time.monotonic() at arrival
+
+
+class ActionInbox:
+    """Holds the latest valid action and, separately, the first one matching an awaited frame stamp."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._latest: ReceivedAction | None = None
+        self._awaited_ns: int | None = None
+        self._matched: ReceivedAction | None = None
+        self._interrupted = False
+
+    def put(self, values: np.ndarray, stamp_ns: int) -> bool:
+        """Store a validated action; returns True when it answers the awaited frame."""
+        action = ReceivedAction(values, stamp_ns, time.monotonic())
+        with self._cond:
+            self._latest = action
+            if self._matched is None and stamp_ns == self._awaited_ns:
+                self._matched = action
+                self._cond.notify_all()
+                return True
+            return False
+
+    def expect(self, stamp_ns: int) -> None:
+        """Await actions for the frame stamped `stamp_ns`; earlier matches are forgotten."""
+        with self._cond:
+            self._awaited_ns = stamp_ns
+            self._matched = None
+
+    def wait_matched(self, timeout: float) -> ReceivedAction | None:
+        """The action for the awaited frame, or None after `timeout` s or on interrupt()."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._matched is not None or self._interrupted, timeout)
+            return self._matched
+
+    def latest(self) -> ReceivedAction | None:
+        with self._cond:
+            return self._latest
+
+    def clear(self) -> None:
+        """Forget everything (new episode): old actions must not drive the new one."""
+        with self._cond:
+            self._latest = None
+            self._awaited_ns = None
+            self._matched = None
+            self._interrupted = False
+
+    def interrupt(self) -> None:
+        """Wake a waiter now (reset requested, shutdown)."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()

@@ -1,0 +1,57 @@
+"""Episode bookkeeping shared by the bridge node and evaluation: step count, success, the end
+condition and the key/value summary the bridge publishes as its episode status."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Episode:
+    episode: int
+    task_suite: str
+    task_id: int
+    init_state_id: int
+    max_steps: int
+    instruction: str
+    step: int = 0
+    success: bool = False
+    actions_rejected: int = 0
+    # lockstep: seconds from publishing a frame to receiving the action computed from it
+    action_latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.success or self.step >= self.max_steps
+
+    @property
+    def outcome(self) -> str:
+        """"success" | "max_steps" once done, else "running"."""
+        if self.success:
+            return "success"
+        return "max_steps" if self.step >= self.max_steps else "running"
+
+    def record_step(self, success: bool, action_latency_s: float | None = None) -> None:
+        if self.done:
+            raise RuntimeError(f"episode {self.episode} is over ({self.outcome}); reset before stepping")
+        self.step += 1
+        self.success = success
+        if action_latency_s is not None:
+            self.action_latencies_s.append(action_latency_s)
+
+    def values(self) -> dict[str, str]:
+        latencies = self.action_latencies_s
+        return {
+            "episode": str(self.episode),
+            "task_suite": self.task_suite,
+            "task_id": str(self.task_id),
+            "init_state_id": str(self.init_state_id),
+            "step": str(self.step),
+            "max_steps": str(self.max_steps),
+            "success": str(self.success).lower(),
+            "done": str(self.done).lower(),
+            "instruction": self.instruction,
+            "actions_rejected": str(self.actions_rejected),
+            # milliseconds, "" until a lockstep step was taken
+            "action_latency_ms": f"{1000.0 * latencies[-1]:.3f}" if latencies else "",
+            "action_latency_ms_mean": f"{1000.0 * sum(latencies) / len(latencies):.3f}" if latencies else "",
+        }

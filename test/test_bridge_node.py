@@ -1,0 +1,343 @@
+"""The LIBERO bridge node in closed loop with real MuJoCo, over DDS, in its own process.
+
+A probe node in the test process (test/ros_probe.py's Probe) plays the robot's other side: it
+records what the bridge publishes, sends actions, and acts as a scripted policy (step service or
+continuous) that answers every frame with the action for that view's place in the episode.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from ros_probe import LATCHED, Probe  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
+from openvla_ros.sim.action_inbox import ACTION_LABELS  # noqa: E402
+
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
+
+MAX_STEPS = 15
+BRIDGE_PARAMS = {
+    "task_suite": "libero_spatial", "task_id": 0, "init_state_id": 3, "camera_size": 128,
+    "mode": "lockstep", "num_steps_wait": 5, "max_steps": MAX_STEPS, "action_timeout_s": 1.0,
+    "call_policy_step": True, "gripper_postprocess": "openvla",
+}
+# Policy-space actions (gripper 1 = open, 0 = closed), the same for every run.
+SCRIPT = np.random.default_rng(3).uniform(-0.6, 0.6, size=(MAX_STEPS, 7))
+SCRIPT[:, 6] = (np.arange(MAX_STEPS) // 5) % 2 == 0
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def count_video_frames(path) -> int:
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(str(path))
+    next(frames)  # metadata
+    return sum(1 for _ in frames)
+
+
+def action_msg(values, stamp, labels=ACTION_LABELS, points=1) -> JointTrajectory:
+    msg = JointTrajectory(joint_names=list(labels))
+    msg.header.stamp = stamp
+    msg.points = [JointTrajectoryPoint(positions=[float(v) for v in values]) for _ in range(points)]
+    return msg
+
+
+class BridgeProbe(Probe):
+    """The test side of the bridge: records its output, calls its services, sends actions, and acts
+    as a scripted policy (step service or continuous) when `script` is set."""
+
+    def __init__(self, namespace: str = "", bridge_name: str = "libero_bridge", policy: bool = True) -> None:
+        super().__init__("bridge_probe")
+        self.prefix = f"{namespace}/" if namespace else ""
+        self.bridge = self.topic(bridge_name)
+        self.script: np.ndarray | None = None
+        self.continuous = False
+        self.actions_sent = 0
+        self.subscribe(Image, self.topic("image"), on_message=self._on_frame)
+        for msg_type, name in ((Image, "wrist/image"), (PoseStamped, "ee_pose"), (JointState, "joint_states")):
+            self.subscribe(msg_type, self.topic(name))
+        for msg_type, name in ((DiagnosticStatus, "episode_status"), (String, "instruction")):
+            self.subscribe(msg_type, self.topic(name), LATCHED)
+        self.action_pub = self.publisher(JointTrajectory, self.topic("action"))
+        if policy:  # offer the step service the bridge calls in lockstep
+            self.node.create_service(Trigger, self.topic("policy_node/step"), self._on_step)
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+    def all(self, name: str) -> list:
+        return self.messages(self.topic(name))
+
+    def _on_frame(self, received_at: float, msg: Image) -> None:
+        if self.continuous:
+            self._answer(msg)
+
+    def _on_step(self, request, response):
+        frames = self.all("image")
+        response.success = bool(frames) and self.script is not None
+        if response.success:
+            self._answer(frames[-1])
+        return response
+
+    def _answer(self, frame: Image) -> None:
+        # The action depends only on the frame's content (its place among the episode's distinct
+        # views), like a deterministic policy: a re-sent frame gets the same action.
+        index = self.views().index(bytes(frame.data))
+        if self.script is not None and index < len(self.script):
+            self.action_pub.publish(action_msg(self.script[index], frame.header.stamp))
+            self.actions_sent += 1
+
+    def views(self) -> list[bytes]:
+        """The episode's distinct agentview images, in order: one per step (re-sends repeat one)."""
+        return list(dict.fromkeys(bytes(f.data) for f in self.all("image")))
+
+    def latest_stamp(self):
+        return self.all("image")[-1].header.stamp
+
+    def status(self) -> dict[str, str]:
+        statuses = self.all("episode_status")
+        if not statuses:
+            return {}
+        return {kv.key: kv.value for kv in statuses[-1].values} | {"message": statuses[-1].message}
+
+    def reset(self) -> Trigger.Response:
+        self.clear()
+        return self.call(Trigger, f"{self.bridge}/reset", Trigger.Request(), timeout=120.0)
+
+    def start_manual_episode(self) -> None:
+        """Reset with no scripted policy: the bridge waits for an action for its first frame."""
+        self.script = None
+        assert self.reset().success
+        assert wait_until(lambda: len(self.views()) == 1, 30.0)
+
+    def set_parameter(self, name: str, value) -> bool:
+        return self.set_parameters(self.bridge, **{name: value})[0].successful
+
+    def run_episode(self, timeout: float = 120.0) -> list[np.ndarray]:
+        """Let the scripted policy drive one episode to its end; the EE position after each frame."""
+        done = wait_until(lambda: self.status().get("done") == "true", timeout, interval=0.2)
+        assert done, f"episode did not finish: {self.status()}"
+        steps = int(self.status()["step"])
+
+        def by_stamp() -> dict:
+            return {stamp_ns(p.header.stamp): p.pose.position for p in self.all("ee_pose")}
+
+        # the final state follows the done status; one pose per frame plus that one
+        assert wait_until(lambda: len(by_stamp()) == steps + 1, 10.0), f"{len(by_stamp())} poses for {steps} steps"
+        return [np.array([p.x, p.y, p.z]) for p in by_stamp().values()]
+
+
+
+def start_bridge(name: str = "libero_bridge", **overrides) -> NodeProcess:
+    return NodeProcess("libero_bridge", name=name, params={**BRIDGE_PARAMS, **overrides}).start()
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="module")
+def bridge(video_dir):
+    process = start_bridge(record_video=True, video_dir=str(video_dir))
+    with BridgeProbe() as probe:
+        ready = wait_until(lambda: probe.status().get("message") == "running" and probe.views(), 120.0, 0.2)
+        assert ready, f"bridge did not start an episode:\n{process.log_text()}"
+        yield process, probe
+    assert process.stop() == 0, process.log_text()
+
+
+def test_first_frame_state_and_latched_topics(bridge):
+    process, probe = bridge
+    status = probe.status()
+    assert status["step"] == "0" and status["done"] == "false" and status["success"] == "false"
+    assert status["max_steps"] == str(MAX_STEPS) and status["init_state_id"] == "3"
+    expected = "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    assert status["instruction"] == expected
+    assert wait_until(lambda: [m.data for m in probe.all("instruction")] == [expected], 10.0)
+    frame, wrist = probe.all("image")[0], probe.all("wrist/image")[0]
+    joints, pose = probe.all("joint_states")[0], probe.all("ee_pose")[0]
+    last_status = probe.all("episode_status")[-1]
+    assert last_status.hardware_id == "libero_spatial/0" and last_status.level == DiagnosticStatus.OK
+    for image, frame_id in ((frame, "agentview_camera"), (wrist, "wrist_camera")):
+        assert (image.height, image.width, image.encoding, image.step) == (128, 128, "rgb8", 384)
+        assert image.header.frame_id == frame_id and len(image.data) == 128 * 128 * 3
+    assert stamp_ns(frame.header.stamp) == stamp_ns(wrist.header.stamp) == stamp_ns(pose.header.stamp)
+    assert joints.name[:7] == [f"robot0_joint{i}" for i in range(1, 8)] and len(joints.position) == 9
+    assert pose.header.frame_id == "robot0_base"
+    # upright wrist view: the gripper fingers (dark) fill the bottom rows
+    pixels = np.frombuffer(bytes(wrist.data), np.uint8).reshape(128, 128, 3).mean(axis=2)
+    assert pixels[-16:].mean() < 0.6 * pixels[:16].mean()
+
+
+def test_malformed_actions_are_rejected_without_stepping(bridge):
+    process, probe = bridge
+    probe.start_manual_episode()
+    stamp = probe.latest_stamp()
+    good = [0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0]
+    malformed = [
+        action_msg(good[:6], stamp, labels=()),                       # 6 values
+        action_msg(good + [0.0], stamp, labels=()),                   # 8 values
+        action_msg(good[:6] + [float("nan")], stamp),                 # NaN
+        action_msg([float("inf")] + good[1:], stamp),                 # inf
+        action_msg(good, stamp, points=2),                            # two points
+        action_msg(good, stamp, points=0),                            # no point
+        action_msg(good, stamp, labels=("a", "b", "c", "d", "e", "f", "g")),  # wrong labels
+    ]
+    for msg in malformed:
+        probe.action_pub.publish(msg)
+    assert wait_until(lambda: probe.status().get("actions_rejected") == str(len(malformed)), 20.0), probe.status()
+    time.sleep(1.5)  # longer than action_timeout_s: a wrongly stepped action would show by now
+    assert probe.status()["step"] == "0"
+    assert len(probe.views()) == 1  # still waiting for an action for the first frame (re-sent)
+    assert len(probe.all("image")) >= 2, "the unanswered frame was not re-sent after action_timeout_s"
+    log = process.log_text()
+    for reason in ("expected 7 positions", "must be finite", "exactly one trajectory point", "joint_names must be"):
+        assert reason in log, f"no logged reason {reason!r}"
+
+    # The frame is re-sent with a new stamp every action_timeout_s; answer the latest one. A second
+    # try only matters if a re-send raced the first (an answer to an older stamp is ignored).
+    for _ in range(2):
+        probe.action_pub.publish(action_msg(good, probe.latest_stamp(), labels=()))  # labels may be empty
+        if wait_until(lambda: probe.status().get("step") == "1", 5.0):
+            break
+    assert probe.status()["step"] == "1", probe.status()
+    assert wait_until(lambda: len(probe.views()) == 2, 10.0)
+
+
+def test_actions_for_other_frames_are_ignored(bridge):
+    process, probe = bridge
+    probe.start_manual_episode()
+    stamp = probe.latest_stamp()
+    stale = type(stamp)(sec=stamp.sec - 1, nanosec=stamp.nanosec)
+    probe.action_pub.publish(action_msg([0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0], stale))
+    time.sleep(1.5)
+    assert probe.status()["step"] == "0" and probe.status()["actions_rejected"] == "0"
+
+
+def test_lockstep_episode_ends_at_max_steps_and_is_deterministic(bridge, video_dir):
+    """Same seed + init state + actions -> the identical EE trajectory: twice in one bridge
+    (reset) with step requests, and once more in a fresh bridge process with a continuous policy."""
+    process, probe = bridge
+    probe.script = SCRIPT
+    probe.continuous = False
+    runs = []
+    for _ in range(2):
+        sent_before = probe.actions_sent
+        response = probe.reset()
+        assert response.success, response.message
+        assert "libero_spatial/0 init state 3" in response.message
+        runs.append(np.stack(probe.run_episode()))
+        status = probe.status()
+        assert status["done"] == "true" and status["message"] == "max_steps", status
+        assert 0.0 < float(status["action_latency_ms_mean"]) < 1000.0 * BRIDGE_PARAMS["action_timeout_s"] * 3
+        assert status["step"] == str(MAX_STEPS) and status["success"] == "false"
+        assert len(probe.views()) == MAX_STEPS  # no frame after the last action
+        assert probe.actions_sent - sent_before >= MAX_STEPS
+        video = video_dir / f"libero_spatial_task00_init03_ep{int(status['episode']):04d}.mp4"
+        assert count_video_frames(video) == MAX_STEPS + 1  # first frame + one per step
+    probe.script = None
+
+    fresh = start_bridge("libero_bridge_fresh", call_policy_step=False)
+    probe.clear()
+    probe.script, probe.continuous = SCRIPT, True
+    try:
+        runs.append(np.stack(probe.run_episode(timeout=180.0)))
+    finally:
+        probe.script, probe.continuous = None, False
+        assert fresh.stop() == 0, fresh.log_text()
+
+    first = runs[0]
+    assert first.shape == (MAX_STEPS + 1, 3)  # start + after every action
+    assert np.linalg.norm(first[-1] - first[0]) > 0.02  # the script really moved the arm
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, first)
+
+
+def test_bad_parameters_are_refused_and_bad_task_reported(bridge):
+    process, probe = bridge
+    probe.script = None
+    assert not probe.set_parameter("task_suite", "libero_100")
+    assert not probe.set_parameter("mode", "fast")
+    assert probe.set_parameter("task_id", 10)  # type-valid; the range is only known to LIBERO
+    response = probe.reset()
+    assert not response.success and "task_id 10 out of range" in response.message
+    assert probe.set_parameter("task_id", 0)
+    assert probe.reset().success
+    assert wait_until(lambda: probe.status().get("message") == "running", 10.0)
+
+
+def test_realtime_holds_the_last_action_then_stops(bridge):
+    process, probe = bridge
+    probe.script = None
+    hold_s = 4.0
+    assert probe.set_parameter("mode", "realtime")
+    assert probe.set_parameter("max_steps", 300)
+    assert probe.set_parameter("action_timeout_s", hold_s)
+    try:
+        assert probe.reset().success
+        assert wait_until(lambda: len(probe.views()) >= 3, 30.0)
+
+        def z() -> float:
+            return probe.all("ee_pose")[-1].pose.position.z
+
+        start_z, start_step = z(), int(probe.status()["step"])
+        probe.action_pub.publish(action_msg([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0], probe.latest_stamp()))
+        sent = time.monotonic()
+        # Held: one action keeps the EE rising, step after step, until the timeout ...
+        assert wait_until(lambda: int(probe.status()["step"]) >= start_step + 5, hold_s - 0.5), \
+            "the sim is too slow to check holding on this machine"
+        assert z() - start_z > 0.01, (start_z, z())
+        # ... then zero motion: it stays where it is.
+        time.sleep(max(0.0, hold_s + 0.6 - (time.monotonic() - sent)))
+        held_z, held_step = z(), int(probe.status()["step"])
+        time.sleep(1.0)
+        assert int(probe.status()["step"]) > held_step  # still stepping
+        assert abs(z() - held_z) < 0.005, (held_z, z())
+    finally:
+        assert probe.set_parameter("mode", "lockstep")
+        assert probe.set_parameter("max_steps", MAX_STEPS)
+        assert probe.set_parameter("action_timeout_s", BRIDGE_PARAMS["action_timeout_s"])
+
+
+def test_real_policy_node_drives_lockstep_episode(tiny_onnx_export, tmp_path):
+    """The real policy node (ONNX Runtime, tiny random checkpoint, trigger mode) in the loop: every
+    frame's step request yields an action for that frame, the episode runs to max_steps.
+    The tiny export takes at most 31 prompt tokens, fewer than LIBERO's task language, so the policy
+    listens to a short instruction of the test's instead of the bridge's."""
+    namespace = "/closed_loop"
+    policy = NodeProcess("policy_node", namespace=namespace, params={
+        "backend": "onnxruntime", "model_dir": str(tiny_onnx_export), "unnorm_key": "libero_demo",
+        "mode": "trigger", "autostart": True}, remaps={"instruction": "test_instruction"},
+        log_path=tmp_path / "policy.log").start()
+    bridge = NodeProcess("libero_bridge", namespace=namespace, params={
+        **BRIDGE_PARAMS, "max_steps": 8, "call_policy_step": True, "action_timeout_s": 5.0},
+        log_path=tmp_path / "bridge.log").start()
+    try:
+        with BridgeProbe(namespace=namespace, policy=False) as probe:
+            probe.publisher(String, probe.topic("test_instruction"), LATCHED).publish(String(data="move the gripper up"))
+            trajectory = probe.run_episode(timeout=240.0)
+            status, views = probe.status(), len(probe.views())
+        assert status["step"] == "8" and status["message"] == "max_steps", status
+        assert status["actions_rejected"] == "0"
+        assert len(trajectory) == 9
+        assert views == 8  # one view per step (a re-send at start-up repeats one)
+        print(f"real policy lockstep: action latency mean {status['action_latency_ms_mean']} ms")
+    finally:
+        bridge_rc, policy_rc = bridge.stop(), policy.stop()
+        assert bridge_rc == 0, bridge.log_text()
+        assert policy_rc == 0, policy.log_text()

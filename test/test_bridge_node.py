@@ -22,7 +22,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
-from openvla_ros.sim.action_inbox import ACTION_LABELS  # noqa: E402
+from openvla_ros.actions import POSE_LABELS  # noqa: E402
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ def count_video_frames(path) -> int:
     return sum(1 for _ in frames)
 
 
-def action_msg(values, stamp, labels=ACTION_LABELS, points=1) -> JointTrajectory:
+def action_msg(values, stamp, labels=POSE_LABELS, points=1) -> JointTrajectory:
     msg = JointTrajectory(joint_names=list(labels))
     msg.header.stamp = stamp
     msg.points = [JointTrajectoryPoint(positions=[float(v) for v in values]) for _ in range(points)]
@@ -67,6 +67,7 @@ class BridgeProbe(Probe):
         self.script: np.ndarray | None = None
         self.continuous = False
         self.actions_sent = 0
+        self.episode_since_ns = 0
         self.subscribe(Image, self.topic("image"), on_message=self._on_frame)
         for msg_type, name in ((Image, "wrist/image"), (PoseStamped, "ee_pose"), (JointState, "joint_states")):
             self.subscribe(msg_type, self.topic(name))
@@ -80,7 +81,10 @@ class BridgeProbe(Probe):
         return self.prefix + name
 
     def all(self, name: str) -> list:
-        return self.messages(self.topic(name))
+        """What `name` carried in this episode: stamped messages from before the last reset (a frame
+        of the old episode re-sent just before the reset took effect) are left out."""
+        return [m for m in self.messages(self.topic(name))
+                if not hasattr(m, "header") or stamp_ns(m.header.stamp) >= self.episode_since_ns]
 
     def _on_frame(self, received_at: float, msg: Image) -> None:
         if self.continuous:
@@ -116,6 +120,7 @@ class BridgeProbe(Probe):
 
     def reset(self) -> Trigger.Response:
         self.clear()
+        self.episode_since_ns = time.time_ns()  # the bridge stamps with the same (system) clock
         return self.call(Trigger, f"{self.bridge}/reset", Trigger.Request(), timeout=120.0)
 
     def start_manual_episode(self) -> None:
@@ -133,13 +138,17 @@ class BridgeProbe(Probe):
         assert done, f"episode did not finish: {self.status()}"
         steps = int(self.status()["step"])
 
-        def by_stamp() -> dict:
-            return {stamp_ns(p.header.stamp): p.pose.position for p in self.all("ee_pose")}
+        def states() -> list[tuple[float, float, float]]:
+            # A frame re-sent after action_timeout_s (a slow round trip on a loaded machine) carries
+            # a new stamp but the same, unstepped state: one entry per state actually reached.
+            by_stamp = {stamp_ns(p.header.stamp): (p.pose.position.x, p.pose.position.y, p.pose.position.z)
+                        for p in self.all("ee_pose")}
+            ordered = [by_stamp[stamp] for stamp in sorted(by_stamp)]
+            return [s for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1]]
 
-        # the final state follows the done status; one pose per frame plus that one
-        assert wait_until(lambda: len(by_stamp()) == steps + 1, 10.0), f"{len(by_stamp())} poses for {steps} steps"
-        return [np.array([p.x, p.y, p.z]) for p in by_stamp().values()]
-
+        # the final state follows the done status; one state per step plus the initial one
+        assert wait_until(lambda: len(states()) == steps + 1, 10.0), f"{len(states())} states for {steps} steps"
+        return [np.array(s) for s in states()]
 
 
 def start_bridge(name: str = "libero_bridge", **overrides) -> NodeProcess:

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from openvla_ros.sim.action_inbox import ACTION_LABELS, ActionInbox, parse_action
+from openvla_ros.actions import POSE_LABELS
+from openvla_ros.sim.action_inbox import ActionInbox, parse_action
 from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
 from openvla_ros.sim.libero_env import ENV_HORIZON, MAX_STEPS, LiberoEnv, check_action, postprocess_gripper
@@ -188,7 +189,7 @@ def test_bridge_config_from_parameter_values():
 
 def test_parse_action_accepts_labelled_or_unlabelled_single_point():
     values = [0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 1.0]
-    np.testing.assert_array_equal(parse_action(list(ACTION_LABELS), [values]), values)
+    np.testing.assert_array_equal(parse_action(list(POSE_LABELS), [values]), values)
     np.testing.assert_array_equal(parse_action([], [values]), values)
 
 

@@ -9,19 +9,17 @@ from typing import Sequence
 
 import numpy as np
 
+from openvla_ros.actions import POSE_LABELS
 from openvla_ros.sim.libero_env import ACTION_DIM, check_action
-
-# joint_names the policy node writes on `action` (trajectory_msgs/JointTrajectory).
-ACTION_LABELS = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 
 
 def parse_action(labels: Sequence[str], points: Sequence[Sequence[float]]) -> np.ndarray:
     """Validate a JointTrajectory's content: exactly one point with 7 finite values; labels, when
-    present, must be ACTION_LABELS. Returns the values; ValueError says what is wrong."""
+    present, must be POSE_LABELS. Returns the values; ValueError says what is wrong."""
     if len(points) != 1:
         raise ValueError(f"expected exactly one trajectory point, got {len(points)}")
-    if len(labels) and tuple(labels) != ACTION_LABELS:
-        raise ValueError(f"joint_names must be {list(ACTION_LABELS)} (or empty), got {list(labels)}")
+    if len(labels) and tuple(labels) != POSE_LABELS:
+        raise ValueError(f"joint_names must be {list(POSE_LABELS)} (or empty), got {list(labels)}")
     if len(points[0]) != ACTION_DIM:
         raise ValueError(f"expected {ACTION_DIM} positions, got {len(points[0])}")
     return check_action(points[0])

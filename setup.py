@@ -14,6 +14,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/scripts", ["scripts/convert_onnx_to_om.sh"]),
     ],
     # ROS dependencies come from rosdep (package.xml) or the ROS wheels in requirements-ros.txt;
     # the ML and simulator dependencies are pinned in requirements*.txt.

@@ -63,7 +63,7 @@ def load_policy(
     `model_dir` is a Hugging Face-format OpenVLA checkpoint for `torch`, and a directory written
     by `openvla-ros export` (ONNX graphs + manifest.json) or `convert-om` (.om files +
     manifest.json) for `onnxruntime` / `om`. Backend-specific `options` are passed through
-    (e.g. `allow_pickle` for torch, `providers` for onnxruntime, `device_id` for om).
+    (e.g. `allow_pickle` for torch, `provider` for onnxruntime, `device_id` for om).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

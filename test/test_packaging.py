@@ -13,13 +13,14 @@ from conftest import REPO_ROOT
 
 PKG = "openvla_ros"
 SCRIPTS = {"policy_node", "libero_bridge", "openvla-ros"}
-SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", PKG, "launch", "config"]
+SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", PKG, "launch", "config", "scripts"]
 
 
 def _expected_share_files() -> set[str]:
     files = {f"share/ament_index/resource_index/packages/{PKG}", f"share/{PKG}/package.xml"}
     files |= {f"share/{PKG}/launch/{p.name}" for p in (REPO_ROOT / "launch").glob("*.launch.py")}
     files |= {f"share/{PKG}/config/{p.name}" for p in (REPO_ROOT / "config").glob("*.yaml")}
+    files.add(f"share/{PKG}/scripts/convert_onnx_to_om.sh")
     return files
 
 

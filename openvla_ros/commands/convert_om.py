@@ -10,12 +10,22 @@ from pathlib import Path
 SCRIPT = "convert_onnx_to_om.sh"
 
 
+def _installed_share_dirs() -> list[Path]:
+    """share/openvla_ros of this install: the ament index's answer on a ROS 2 machine (colcon puts
+    it under the workspace's install/), else the venv prefix a wheel installs data files into."""
+    dirs = [Path(sys.prefix) / "share" / "openvla_ros"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return [Path(get_package_share_directory("openvla_ros"))] + dirs
+    except (ImportError, LookupError, OSError):  # no ROS 2, package not in the index, no AMENT_PREFIX_PATH
+        return dirs
+
+
 def script_path() -> Path:
     """The conversion script in a source checkout, or where a wheel/colcon install puts it."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "scripts" / SCRIPT,
-        Path(sys.prefix) / "share" / "openvla_ros" / "scripts" / SCRIPT,
-    ]
+    candidates = [Path(__file__).resolve().parents[2] / "scripts" / SCRIPT]
+    candidates += [share / "scripts" / SCRIPT for share in _installed_share_dirs()]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

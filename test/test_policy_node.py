@@ -413,3 +413,27 @@ def test_configure_failure_leaves_node_running_and_reports_why(tmp_path):
             node.stop()
     assert status["state"] == "unconfigured" and status["_level"] == DiagnosticStatus.ERROR
     assert "model directory not found" in status["last_error"]
+
+
+def _image_reader_reliability(probe: Probe, topic: str) -> ReliabilityPolicy | None:
+    readers = probe.node.get_subscriptions_info_by_topic(topic)
+    return readers[0].qos_profile.reliability if readers else None
+
+
+def test_image_qos_is_sensor_data_unless_overridden(harness, tiny_onnx_export, tmp_path):
+    """The standard qos_overrides parameter makes the image reader reliable (lockstep sim); the
+    default reader stays best effort. Read from the DDS graph, as a publisher would match it."""
+    probe = harness.probe
+    assert _image_reader_reliability(probe, "/image") == ReliabilityPolicy.BEST_EFFORT
+    node = start_node(tiny_onnx_export, "onnxruntime", tmp_path, namespace="lockstep",
+                      **{"qos_overrides./lockstep/image.subscription.reliability": "reliable"})
+    try:
+        h = PolicyNodeHarness(probe, node, "/lockstep/policy_node")
+        wait_active(h)
+        assert wait_until(lambda: _image_reader_reliability(probe, "/lockstep/image") is not None, 10.0)
+        assert _image_reader_reliability(probe, "/lockstep/image") == ReliabilityPolicy.RELIABLE
+        # the override is read once, when the reader is created: it cannot change under a running node
+        refused = h.set(**{"qos_overrides./lockstep/image.subscription.reliability": "best_effort"})[0]
+        assert not refused.successful
+    finally:
+        node.stop()

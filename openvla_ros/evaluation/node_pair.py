@@ -127,6 +127,8 @@ class NodePair:
             # Lockstep waits for the action, so a frame is never stale in the control sense; a loaded
             # machine must not make the policy refuse it.
             "max_image_age_s": 30.0,
+            # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
+            "qos_overrides./image.subscription.reliability": "reliable",
         }
         remaps = {"instruction": config.instruction_topic} if config.instruction_topic else None
         self.bridge = NodeProcess(BRIDGE, name=BRIDGE, params=bridge_params, env=env,

@@ -12,7 +12,8 @@ callback for 224x224 frames here, against ~0.5 ms single-threaded.) A frame arri
 another is pending replaces it (latest frame wins, counted as replaced).
 
 Topics (relative, remappable):
-  image               sensor_msgs/Image in (rgb8 bgr8 rgba8 bgra8 mono8; sensor-data QoS, depth 1)
+  image               sensor_msgs/Image in (rgb8 bgr8 rgba8 bgra8 mono8; sensor-data QoS, depth 1;
+                      history/depth/reliability overridable: qos_overrides./<ns>/image.subscription.*)
   image/compressed    sensor_msgs/CompressedImage in (jpeg/png), instead of `image` with use_compressed
   instruction         std_msgs/String in (reliable, transient local: a latched instruction is received)
   action              trajectory_msgs/JointTrajectory out, one per inference: header.stamp = the
@@ -54,6 +55,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Header, String
@@ -161,12 +163,16 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Sensor-data QoS suits a camera; a lockstep simulator, whose frames must all arrive, sets
+        # the standard override parameter qos_overrides./<ns>/image.subscription.reliability.
+        overridable = QoSOverridingOptions.with_default_policies()
         if self._cfg["use_compressed"]:
             self._image_subs.append(self.create_subscription(
-                CompressedImage, "image/compressed", self._on_compressed, SENSOR_DATA))
+                CompressedImage, "image/compressed", self._on_compressed, SENSOR_DATA,
+                qos_overriding_options=overridable))
         else:
             self._image_subs.append(self.create_subscription(
-                Image, "image", self._on_image, SENSOR_DATA))
+                Image, "image", self._on_image, SENSOR_DATA, qos_overriding_options=overridable))
         with self._cond:
             self._frame = None
             self._consecutive_errors = 0

@@ -17,6 +17,8 @@ from openvla_ros.export.onnx_graph import check_graph, export_module
 PATCHES, TEXT, STEPS, HIDDEN = 8, 6, 4, 64
 LENGTH = 1 + PATCHES + TEXT
 CAPACITY = LENGTH + STEPS
+PREFILL_INPUTS = ["token_embeds", "patch_embeds", "attention_mask", "position_ids"]
+DECODER_INPUTS = ["token", "cache_position", "past_kv"]
 PROMPT = [1, 17, 99, 4, 250]  # BOS + 4 text tokens
 PAD = 0
 
@@ -100,15 +102,18 @@ def test_torch_graphs_match_transformers(llama, patches, reference):
 @pytest.fixture(scope="module")
 def onnx_graphs(llama, patches, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("llama_onnx")
-    inputs, n = _prefill_inputs(llama, patches)
+    _export_graphs(llama, *_prefill_inputs(llama, patches), out / "vla_prefill.onnx", out / "vla_decoder.onnx")
+    return out
+
+
+def _export_graphs(llama, inputs, n, prefill_path: Path, decoder_path: Path) -> None:
+    """Export the prefill graph, and the decoder graph traced with the prefill's outputs."""
     prefill, decoder = PrefillGraph(llama, LENGTH, CAPACITY), DecoderGraph(llama, CAPACITY)
     with torch.no_grad():
         _, token, kv = prefill(*inputs)
-    export_module(prefill, inputs, out / "vla_prefill.onnx",
-                  ["token_embeds", "patch_embeds", "attention_mask", "position_ids"], ["logits", "next_token", "present_kv"])
-    export_module(decoder, (token, torch.tensor([n]), kv), out / "vla_decoder.onnx",
-                  ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"])
-    return out
+    export_module(prefill, inputs, prefill_path, PREFILL_INPUTS, ["logits", "next_token", "present_kv"])
+    export_module(decoder, (token, torch.tensor([n]), kv), decoder_path, DECODER_INPUTS,
+                  ["logits", "next_token", "present_kv"])
 
 
 def _ort(path: Path, names: list[str]):
@@ -132,8 +137,8 @@ def test_onnx_graphs_are_static_and_atc_compatible(onnx_graphs):
 
 def test_onnx_graphs_match_transformers(llama, patches, reference, onnx_graphs):
     inputs, n = _prefill_inputs(llama, patches)
-    prefill = _ort(onnx_graphs / "vla_prefill.onnx", ["token_embeds", "patch_embeds", "attention_mask", "position_ids"])
-    decoder = _ort(onnx_graphs / "vla_decoder.onnx", ["token", "cache_position", "past_kv"])
+    prefill = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)
+    decoder = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)
     logits, tokens, kv = _greedy(prefill, decoder, [t.numpy() for t in inputs], n)
     _assert_matches_reference(logits, tokens, kv, n, reference, atol=1e-5)
 
@@ -143,8 +148,8 @@ def test_padding_is_never_read(llama, patches, reference, onnx_graphs):
     logits and tokens unchanged: prefill masks padded keys, and the decoder overwrites slot p
     before attending to slots <= p."""
     inputs, n = _prefill_inputs(llama, patches, pad_value=1e4)
-    prefill = _ort(onnx_graphs / "vla_prefill.onnx", ["token_embeds", "patch_embeds", "attention_mask", "position_ids"])
-    run_decoder = _ort(onnx_graphs / "vla_decoder.onnx", ["token", "cache_position", "past_kv"])
+    prefill = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)
+    run_decoder = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)
     rng = np.random.default_rng(0)
 
     def poisoned_decoder(token, position, kv):
@@ -162,18 +167,12 @@ def test_fp16_graphs_stay_close_to_fp32(llama, patches, reference, tmp_path):
     half = half.half()
     inputs, n = _prefill_inputs(llama, patches)
     inputs = (inputs[0].half(), inputs[1].half(), inputs[2], inputs[3])
-    prefill, decoder = PrefillGraph(half, LENGTH, CAPACITY), DecoderGraph(half, CAPACITY)
-    with torch.no_grad():
-        _, token, kv = prefill(*inputs)
-    export_module(prefill, inputs, tmp_path / "p.onnx",
-                  ["token_embeds", "patch_embeds", "attention_mask", "position_ids"], ["logits", "next_token", "present_kv"])
-    export_module(decoder, (token, torch.tensor([n]), kv), tmp_path / "d.onnx",
-                  ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"])
+    _export_graphs(half, inputs, n, tmp_path / "p.onnx", tmp_path / "d.onnx")
     report = check_graph(tmp_path / "p.onnx")
     assert {s.name: s.dtype for s in report.inputs}["token_embeds"] == "float16"
     logits, tokens, _ = _greedy(
-        _ort(tmp_path / "p.onnx", ["token_embeds", "patch_embeds", "attention_mask", "position_ids"]),
-        _ort(tmp_path / "d.onnx", ["token", "cache_position", "past_kv"]),
+        _ort(tmp_path / "p.onnx", PREFILL_INPUTS),
+        _ort(tmp_path / "d.onnx", DECODER_INPUTS),
         [t.numpy() for t in inputs], n,
     )
     assert logits.dtype == np.float16
@@ -235,13 +234,12 @@ def test_large_graphs_keep_weights_in_one_side_file(llama, patches, reference, t
 
     monkeypatch.setattr(onnx_graph, "EXTERNAL_DATA_THRESHOLD", 0)
     inputs, n = _prefill_inputs(llama, patches)
-    names = ["token_embeds", "patch_embeds", "attention_mask", "position_ids"]
-    export_module(PrefillGraph(llama, LENGTH, CAPACITY), inputs, tmp_path / "vla_prefill.onnx", names,
+    export_module(PrefillGraph(llama, LENGTH, CAPACITY), inputs, tmp_path / "vla_prefill.onnx", PREFILL_INPUTS,
                   ["logits", "next_token", "present_kv"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vla_prefill.onnx", "vla_prefill.onnx.data"]
     assert (tmp_path / "vla_prefill.onnx.data").stat().st_size > (tmp_path / "vla_prefill.onnx").stat().st_size
     report = check_graph(tmp_path / "vla_prefill.onnx")
     assert report.nbytes == sum(p.stat().st_size for p in tmp_path.iterdir())
-    logits, token, _ = _ort(tmp_path / "vla_prefill.onnx", names)(*[t.numpy() for t in inputs])
+    logits, token, _ = _ort(tmp_path / "vla_prefill.onnx", PREFILL_INPUTS)(*[t.numpy() for t in inputs])
     assert int(token[0, 0]) == reference["tokens"][0]
     np.testing.assert_allclose(logits[0], reference["logits"][0], atol=1e-5, rtol=0)

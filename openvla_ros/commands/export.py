@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="graph float type (default: %(default)s)")
     parser.add_argument("--max-text-tokens", type=int, default=DEFAULT_MAX_TEXT_TOKENS,
                         help="prompt tokens after BOS the static layout holds; L = 1 + patches + N "
-                             "(default: %(default)s, L = 288 for 256 patches)")
+                             "(default: %(default)s, L = 297 for 256 patches; 31 gives the reference's 288)")
 
 
 def run(args: argparse.Namespace) -> int:

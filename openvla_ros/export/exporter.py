@@ -9,7 +9,9 @@ C = L + largest action dim, KV = [layers, 2, 1, kv_heads, C, head_dim]):
                    -> logits D[1, V], next_token int64[1, 1], present_kv D KV
 - vla_decoder:     token int64[1, 1], cache_position int64[1], past_kv D KV
                    -> logits D[1, V], next_token int64[1, 1], present_kv D KV
-`max_text_tokens` defaults to 31 so that L = 288 for 256 patches, the reference layout.
+`max_text_tokens` defaults to 40 (L = 297 for 256 patches): the reference layout's 31 (L = 288) is
+too short for the longest LIBERO prompts (libero_spatial 35, libero_10 37 text tokens with the
+trailing 29871); pass 31 to reproduce the reference exactly.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from openvla_ros.runtime.manifest import (
     SequenceLayout,
 )
 
-DEFAULT_MAX_TEXT_TOKENS = 31
+DEFAULT_MAX_TEXT_TOKENS = 40
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Copied next to the manifest: what the torch-free processor, tokenizer and action decoder read.
 PROCESSOR_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",

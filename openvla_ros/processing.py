@@ -51,20 +51,46 @@ def center_crop(image: np.ndarray, area_scale: float) -> np.ndarray:
     """Crop the centred region holding `area_scale` of the area and resize it back to HxW.
 
     This is the test-time crop of OpenVLA's LIBERO evaluation (models trained with random crops,
-    e.g. area 0.9): side lengths are `sqrt(area_scale) * (H, W)`. The resize back uses Pillow
-    bilinear; the model's own processor then resizes to its input size as usual.
+    e.g. area 0.9), with its numerics: the image as float32 in [0, 1] (uint8 / 255), the box
+    `[o, o, o + s, o + s]` with `s = sqrt(area_scale)` and `o = (1 - s) / 2` in normalized
+    coordinates, bilinear sampling as `tf.image.crop_and_resize` does it (corner-aligned: output
+    row i samples input row `y1 (H - 1) + i (y2 - y1) (H - 1) / (h - 1)`), all in float32, then
+    back to uint8 as `tf.image.convert_image_dtype(..., saturate=True)` does (`x * 255.5`,
+    clipped, truncated). The official evaluation feeds 224x224 images and crops back to 224x224;
+    other sizes are cropped back to their own size. The model's processor then resizes as usual.
     """
     validate_image(image)
     if not 0.0 < area_scale <= 1.0:
         raise ValueError(f"center crop area_scale is {area_scale}; expected 0 < area_scale <= 1")
     if area_scale == 1.0:
         return image
-    height, width = image.shape[:2]
-    side = math.sqrt(area_scale)
-    crop_h, crop_w = max(1, round(height * side)), max(1, round(width * side))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    cropped = Image.fromarray(np.ascontiguousarray(image[top:top + crop_h, left:left + crop_w]))
-    return np.asarray(cropped.resize((width, height), Image.Resampling.BILINEAR))
+    side = np.sqrt(np.float32(area_scale))
+    offset = (np.float32(1.0) - side) / np.float32(2.0)
+    pixels = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    rows = _crop_sample_points(offset, offset + side, image.shape[0])
+    cols = _crop_sample_points(offset, offset + side, image.shape[1])
+    top, bottom, row_lerp = _bilinear_neighbours(rows)
+    left, right, col_lerp = _bilinear_neighbours(cols)
+    col_lerp = col_lerp[None, :, None]
+    upper = pixels[top][:, left] + (pixels[top][:, right] - pixels[top][:, left]) * col_lerp
+    lower = pixels[bottom][:, left] + (pixels[bottom][:, right] - pixels[bottom][:, left]) * col_lerp
+    sampled = upper + (lower - upper) * row_lerp[:, None, None]
+    scaled = np.clip(sampled, np.float32(0.0), np.float32(1.0)) * np.float32(255.5)
+    return np.clip(scaled, 0.0, 255.0).astype(np.uint8)
+
+
+def _crop_sample_points(start: np.float32, end: np.float32, size: int) -> np.ndarray:
+    """Input coordinates (float32) of the `size` output samples between normalized start and end."""
+    last = np.float32(size - 1)
+    if size == 1:
+        return np.array([np.float32(0.5) * (start + end) * last], np.float32)
+    step = (end - start) * last / last  # (y2 - y1) (H - 1) / (h - 1) with h = H
+    return (start * last + np.arange(size, dtype=np.float32) * step).astype(np.float32)
+
+
+def _bilinear_neighbours(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    low = np.floor(points)
+    return low.astype(np.int64), np.ceil(points).astype(np.int64), (points - low).astype(np.float32)
 
 
 @dataclass(frozen=True)

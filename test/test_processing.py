@@ -85,6 +85,17 @@ def test_center_crop_keeps_the_size_and_takes_the_middle():
         center_crop(image, 0.0)
 
 
+def test_center_crop_samples_like_tf_crop_and_resize():
+    """Corner-aligned bilinear sampling and TF's float -> uint8 conversion (x * 255.5, truncated):
+    a 3x3 image, area 0.25 -> box [0.25, 0.75] -> input rows 0.5, 1.0, 1.5."""
+    image = np.repeat(np.array([0, 101, 200], np.uint8)[:, None, None], 3, axis=1).repeat(3, axis=2)
+    cropped = center_crop(image, 0.25)
+    # row 0.5: (0 + 101) / 2 / 255 * 255.5 = 50.6 -> 50 (truncated, where rounding would give 51)
+    # row 1.5: (101 + 200) / 2 / 255 * 255.5 = 150.8 -> 150
+    assert cropped[:, 0, 0].tolist() == [50, 101, 150]
+    assert (cropped == cropped[:, :1, :1]).all()  # constant along the rows' other axes
+
+
 def test_runtime_processing_modules_do_not_import_torch():
     code = ("import sys, numpy as np\n"
             "import openvla_ros.processing, openvla_ros.actions, openvla_ros.checkpoint, openvla_ros.commands.predict\n"

@@ -18,6 +18,7 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from ros_probe import LATCHED, Probe  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
+from rclpy.time import Time  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
@@ -36,9 +37,6 @@ BRIDGE_PARAMS = {
 SCRIPT = np.random.default_rng(3).uniform(-0.6, 0.6, size=(MAX_STEPS, 7))
 SCRIPT[:, 6] = (np.arange(MAX_STEPS) // 5) % 2 == 0
 
-
-def stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def count_video_frames(path) -> int:
@@ -84,7 +82,7 @@ class BridgeProbe(Probe):
         """What `name` carried in this episode: stamped messages from before the last reset (a frame
         of the old episode re-sent just before the reset took effect) are left out."""
         return [m for m in self.messages(self.topic(name))
-                if not hasattr(m, "header") or stamp_ns(m.header.stamp) >= self.episode_since_ns]
+                if not hasattr(m, "header") or Time.from_msg(m.header.stamp).nanoseconds >= self.episode_since_ns]
 
     def _on_frame(self, received_at: float, msg: Image) -> None:
         if self.continuous:
@@ -141,7 +139,7 @@ class BridgeProbe(Probe):
         def states() -> list[tuple[float, float, float]]:
             # A frame re-sent after action_timeout_s (a slow round trip on a loaded machine) carries
             # a new stamp but the same, unstepped state: one entry per state actually reached.
-            by_stamp = {stamp_ns(p.header.stamp): (p.pose.position.x, p.pose.position.y, p.pose.position.z)
+            by_stamp = {Time.from_msg(p.header.stamp).nanoseconds: (p.pose.position.x, p.pose.position.y, p.pose.position.z)
                         for p in self.all("ee_pose")}
             ordered = [by_stamp[stamp] for stamp in sorted(by_stamp)]
             return [s for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1]]
@@ -185,7 +183,7 @@ def test_first_frame_state_and_latched_topics(bridge):
     for image, frame_id in ((frame, "agentview_camera"), (wrist, "wrist_camera")):
         assert (image.height, image.width, image.encoding, image.step) == (128, 128, "rgb8", 384)
         assert image.header.frame_id == frame_id and len(image.data) == 128 * 128 * 3
-    assert stamp_ns(frame.header.stamp) == stamp_ns(wrist.header.stamp) == stamp_ns(pose.header.stamp)
+    assert frame.header.stamp == wrist.header.stamp == pose.header.stamp
     assert joints.name[:7] == [f"robot0_joint{i}" for i in range(1, 8)] and len(joints.position) == 9
     assert pose.header.frame_id == "robot0_base"
     # upright wrist view: the gripper fingers (dark) fill the bottom rows

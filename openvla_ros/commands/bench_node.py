@@ -73,7 +73,9 @@ class ActionWatcher:
 
     @staticmethod
     def key(stamp) -> int:
-        return stamp.sec * 10**9 + stamp.nanosec
+        from rclpy.time import Time
+
+        return Time.from_msg(stamp).nanoseconds
 
     def on_action(self, received_at: float, msg) -> None:
         with self._cond:

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -47,9 +48,6 @@ def default_schedule(motion_steps: int = 12, gripper_steps: int = 10) -> tuple[S
     return tuple(Segment(text, motion_steps if text.startswith("move") else gripper_steps) for text in DEMO_ORDER)
 
 
-def stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
 
 class Recorder:
     """Everything the bridge and the policy publish during one episode, keyed by stamp."""
@@ -77,23 +75,23 @@ class Recorder:
     def _on_image(self, msg: Image) -> None:
         frame = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.width, 3).copy()
         with self.lock:
-            self.images[stamp_ns(msg.header.stamp)] = frame
+            self.images[Time.from_msg(msg.header.stamp).nanoseconds] = frame
 
     def _on_pose(self, msg: PoseStamped) -> None:
         p = msg.pose.position
         with self.lock:
-            self.poses[stamp_ns(msg.header.stamp)] = np.array([p.x, p.y, p.z])
+            self.poses[Time.from_msg(msg.header.stamp).nanoseconds] = np.array([p.x, p.y, p.z])
 
     def _on_joints(self, msg: JointState) -> None:
         positions = dict(zip(msg.name, msg.position))
         if all(name in positions for name in FINGER_JOINTS):
             with self.lock:
-                self.fingers[stamp_ns(msg.header.stamp)] = positions[FINGER_JOINTS[0]] - positions[FINGER_JOINTS[1]]
+                self.fingers[Time.from_msg(msg.header.stamp).nanoseconds] = positions[FINGER_JOINTS[0]] - positions[FINGER_JOINTS[1]]
 
     def _on_action(self, msg: JointTrajectory) -> None:
         if len(msg.points) == 1:
             with self.lock:
-                self.actions.setdefault(stamp_ns(msg.header.stamp), np.array(msg.points[0].positions))
+                self.actions.setdefault(Time.from_msg(msg.header.stamp).nanoseconds, np.array(msg.points[0].positions))
 
     def state_stamps(self) -> list[int]:
         """Pose stamps in order, one per simulator state: when the bridge re-sends a frame (no

@@ -70,6 +70,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -128,9 +129,6 @@ def status_msg(episode: Episode, error: str | None = None) -> DiagnosticStatus:
         values=[KeyValue(key=k, value=v) for k, v in episode.values().items()],
     )
 
-
-def stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 @dataclass
@@ -207,7 +205,7 @@ class LiberoBridge(Node):
 
     # ----- ROS callbacks -----
     def _on_action(self, msg: JointTrajectory) -> None:
-        stamp = stamp_ns(msg.header.stamp)
+        stamp = Time.from_msg(msg.header.stamp).nanoseconds
         try:
             values = parse_action(msg.joint_names, [list(p.positions) for p in msg.points])
         except ValueError as exc:
@@ -359,8 +357,8 @@ class LiberoBridge(Node):
         while not self._stopping.is_set() and self._resets.empty():
             # A re-sent frame gets a fresh stamp: a policy refuses frames older than its max image age.
             stamp = self.get_clock().now().to_msg()
-            self._inbox.expect(stamp_ns(stamp))
-            self._waiting_for_ns = stamp_ns(stamp)
+            self._waiting_for_ns = Time.from_msg(stamp).nanoseconds
+            self._inbox.expect(self._waiting_for_ns)
             self._publish_frame(self._obs, stamp)
             self._frame_sent_at = time.monotonic()
             self._request_policy_step()

@@ -57,6 +57,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.task import Future
+from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Header, String
 from std_srvs.srv import SetBool, Trigger
@@ -380,7 +381,7 @@ class PolicyNode(LifecycleNode):
         elif self._instruction is None:
             reason = "no instruction set (publish one on the instruction topic)"
         else:
-            age_s = (self.get_clock().now().nanoseconds - (frame.stamp.sec * 10**9 + frame.stamp.nanosec)) * 1e-9
+            age_s = (self.get_clock().now().nanoseconds - Time.from_msg(frame.stamp).nanoseconds) * 1e-9
             if age_s <= self._cfg["max_image_age_s"]:
                 return None
             self._counts["frames_stale"] += 1

@@ -113,8 +113,14 @@ class BackboneTransform:
         # torchvision's center_crop rounds the offsets this way.
         top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
         pixels = pixels[top:top + crop_h, left:left + crop_w]
-        chw = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-        return (chw - self.mean[:, None, None]) / self.std[:, None, None]
+        lut = self.normalized_values()
+        return np.stack([lut[channel].take(pixels[:, :, channel]) for channel in range(3)])
+
+    def normalized_values(self) -> np.ndarray:
+        """float32 [3, 256]: ToTensor + Normalize of every uint8 value per channel, computed with the
+        same float32 operations (so a table lookup gives bit-identical pixel values, ~10x faster)."""
+        values = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
+        return (values - self.mean[:, None]) / self.std[:, None]
 
 
 def _pair(size) -> tuple[int, int]:

@@ -59,6 +59,16 @@ def test_constant_image_normalizes_per_backbone(official_fixture):
             assert np.all(pixels[0, 3 * backbone + channel] == expected)
 
 
+def test_normalization_table_is_bit_identical_to_the_float_formula(official_fixture):
+    processor = ImageProcessor.from_pretrained(official_fixture / "ckpt")
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    pixels = processor.preprocess(image)[0]
+    chw = image.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    for backbone, transform in enumerate(processor.transforms):
+        expected = (chw - transform.mean[:, None, None]) / transform.std[:, None, None]
+        assert np.array_equal(pixels[3 * backbone:3 * backbone + 3].view(np.int32), expected.view(np.int32))
+
+
 def test_processors_load_from_a_directory_with_only_processor_files(processor_only_dir, official_fixture):
     case = json.loads((official_fixture / "reference.json").read_text())["cases"][0]
     assert PromptTokenizer.from_pretrained(processor_only_dir).encode(case["instruction"]) == case["prompt_ids"]

@@ -143,10 +143,19 @@ def test_onnx_graphs_match_transformers(llama, patches, reference, onnx_graphs):
     _assert_matches_reference(logits, tokens, kv, n, reference, atol=1e-5)
 
 
+def test_decoder_writes_only_the_cache_position_slot(llama, patches, onnx_graphs):
+    inputs, n = _prefill_inputs(llama, patches)
+    _, token, past = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)(*[t.numpy() for t in inputs])
+    _, _, present = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)(token, np.array([n]), past)
+    others = np.arange(CAPACITY) != n
+    assert np.array_equal(present[:, :, :, :, others], past[:, :, :, :, others])
+    assert not np.array_equal(present[:, :, :, :, n], past[:, :, :, :, n])
+
+
 def test_padding_is_never_read(llama, patches, reference, onnx_graphs):
     """Garbage in padded prompt slots, and in every cache slot past the write position, leaves
-    logits and tokens unchanged: prefill masks padded keys, and the decoder overwrites slot p
-    before attending to slots <= p."""
+    logits and tokens unchanged: prefill masks padded keys, and the decoder at position p attends
+    to slots < p and its own new K/V only."""
     inputs, n = _prefill_inputs(llama, patches, pad_value=1e4)
     prefill = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)
     run_decoder = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)

@@ -7,7 +7,8 @@ numerics with ops that ATC's ONNX parser accepts and static shapes only:
   rope scaling carries over) gathered by position;
 - attention masks built by comparisons against constant index vectors (no `triu`), applied with
   `Where` before a float32 softmax;
-- the decoder writes the new K/V at `cache_position` with a one-hot `Where` blend (no ScatterND).
+- the decoder attends to the cached slots before `cache_position` plus the new token's own K/V,
+  then writes that K/V into the cache with one `ScatterElements` (no per-layer blend or re-concat).
 
 The KV cache is one tensor [layers, 2 (key, value), 1, kv_heads, capacity, head_dim]. Prefill
 writes slots 0..L-1 (zeros beyond); each decoder run returns the whole cache with slot
@@ -138,13 +139,17 @@ class PrefillGraph(_LlamaGraphBase):
         cos = self.cos_table[position_ids][:, None]  # [1, 1, L, D]
         sin = self.sin_table[position_ids][:, None]
         allowed = self.causal & (attention_mask > 0)[:, None, None, :]
+        last = attention_mask.sum(-1) - 1  # [1]
         present = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             q, k, v = layer.project(x, cos, sin)
+            if index == len(self.layers) - 1:
+                # Only the last real position's output feeds the logits, so the last layer attends
+                # and runs its MLP for that one query (every position's K/V is still cached).
+                x, q, allowed = x.index_select(1, last), q.index_select(2, last), allowed.index_select(2, last)
             x = layer.finish(x, q, k, v, allowed)
             present.append(torch.stack((torch.cat((k, self.kv_tail), 2), torch.cat((v, self.kv_tail), 2))))
-        last = attention_mask.sum(-1) - 1  # [1]
-        logits, next_token = self.head(x.index_select(1, last))
+        logits, next_token = self.head(x)
         return logits, next_token, torch.stack(present)
 
 
@@ -163,17 +168,22 @@ class DecoderGraph(_LlamaGraphBase):
         x = self.embed_tokens(token)  # [1, 1, H]
         cos = self.cos_table.index_select(0, cache_position)[None, None]  # [1, 1, 1, D]
         sin = self.sin_table.index_select(0, cache_position)[None, None]
-        write = (self.slots == cache_position).view(1, 1, self.capacity, 1)
-        allowed = (self.slots < cache_position + 1).view(1, 1, 1, self.capacity)
-        present = []
+        # Keys: the cached slots before cache_position, then the new token's own K/V appended as
+        # one extra slot, so attention reads the input cache as is and the cache is written once.
+        allowed = torch.cat((self.slots < cache_position, self.slots[:1] >= 0)).view(1, 1, 1, self.capacity + 1)
+        # One flat index per (layer, key/value): the runtime then splits the cache in one pass.
+        past = past_kv.reshape((len(self.layers) * 2,) + past_kv.shape[2:])
+        new_kv = []
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project(x, cos, sin)
-            keys = torch.where(write, k, past_kv[i, 0])
-            values = torch.where(write, v, past_kv[i, 1])
+            keys = torch.cat((past[2 * i], k), 2)
+            values = torch.cat((past[2 * i + 1], v), 2)
             x = layer.finish(x, q, keys, values, allowed)
-            present.append(torch.stack((keys, values)))
+            new_kv.append(torch.stack((k, v)))
         logits, next_token = self.head(x)
-        return logits, next_token, torch.stack(present)
+        layers = len(self.layers)
+        slot = cache_position.view(1, 1, 1, 1, 1, 1).expand(layers, 2, 1, self.num_kv_heads, 1, self.head_dim)
+        return logits, next_token, past_kv.scatter(4, slot, torch.stack(new_kv))
 
 
 class EmbeddingGraph(nn.Module):

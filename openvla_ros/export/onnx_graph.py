@@ -30,7 +30,7 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 ATC_OPS = frozenset({
     "Add", "And", "ArgMax", "Cast", "Concat", "Constant", "Conv", "Div", "Equal", "Erf", "Expand",
     "Gather", "Gemm", "Greater", "Identity", "Less", "MatMul", "Mul", "Neg", "Not", "Pow",
-    "ReduceMean", "ReduceSum", "Reshape", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Squeeze",
+    "ReduceMean", "ReduceSum", "Reshape", "ScatterElements", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Squeeze",
     "Sub", "Tanh", "Transpose", "Unsqueeze", "Where", "Reciprocal",
 })
 _ELEM_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",

@@ -17,8 +17,8 @@ Greedy decoding follows the reference: the first action token is the argmax of t
 logits at the last real position n-1; decode step k feeds the previous token at position n+k-1
 and takes the argmax (over the full padded vocabulary) as the next token, as many tokens as the
 chosen norm stats have action dims (the export's `action_dim` is the largest of them).
-Padded prefill slots n..L-1 hold garbage K/V, but the decoder overwrites slot p before it
-attends to slots <= p, so they are never read.
+Padded prefill slots n..L-1 hold garbage K/V, but the decoder at position p attends only to
+slots < p and its own new K/V (which it then writes to slot p), so they are never read.
 """
 from __future__ import annotations
 

@@ -46,9 +46,11 @@ class OnnxRuntimeGraphs(GraphRuntime):
         self._device_id = device_id
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Five sessions share the cores in turn; spinning pool threads of the idle sessions would
-        # steal them from the running one, so idle threads sleep instead.
-        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The graphs run one after another: a session's threads spin between its ops (no wake-up per
+        # op) but stop when its run ends, so the idle sessions' pools never steal the running one's
+        # cores (always-spinning pools measured 2x slower, never-spinning ones ~15% slower).
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        self._options.add_session_config_entry("session.force_spinning_stop", "1")
         if intra_op_threads is not None:
             self._options.intra_op_num_threads = int(intra_op_threads)
         self._sessions: dict[str, ort.InferenceSession] = {}

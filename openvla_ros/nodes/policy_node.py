@@ -115,6 +115,7 @@ class PolicyNode(LifecycleNode):
         self._instruction: str | None = None
         self._steps: deque[StepRequest] = deque()
         self._stopping = False
+        self._worker_waiting = False  # the inference thread is blocked in _next_job_locked
         self._counts: Counter[str] = Counter()
         self._inference_ms = LatencyWindow()
         self._callback_ms = LatencyWindow()
@@ -258,7 +259,12 @@ class PolicyNode(LifecycleNode):
             self._frame_seq += 1
             self._frame = Frame(self._frame_seq, image, msg.header.stamp, received_unix_ns)
             self._cond.notify_all()
+            worker_woken = self._worker_waiting
         self._callback_ms.record((time.perf_counter() - start) * 1e3)
+        if worker_woken:
+            # Hand the GIL to the woken worker now: otherwise it waits for the executor's
+            # bookkeeping after this callback, which delayed inference by ~0.6 ms on 2 cores.
+            time.sleep(0)
 
     def _on_instruction(self, msg: String) -> None:
         text, limit = msg.data, self._cfg["max_instruction_chars"]
@@ -333,10 +339,17 @@ class PolicyNode(LifecycleNode):
                     self._consumed_seq = self._frame.seq
                     self._next_start = time.monotonic() + 1.0 / self._cfg["max_rate_hz"]
                     return self._frame, None
-                self._cond.wait(wait)
+                self._wait_locked(wait)
             else:
-                self._cond.wait()
+                self._wait_locked(None)
         return None
+
+    def _wait_locked(self, timeout: float | None) -> None:
+        self._worker_waiting = True
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._worker_waiting = False
 
     def _act_on(self, frame: Frame | None) -> str | None:
         """Infer on `frame` and publish; returns None, or why nothing was published."""

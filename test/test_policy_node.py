@@ -97,13 +97,16 @@ class PolicyNodeHarness:
         return None
 
     def send_and_wait_action(self, msg: Image, timeout: float = 20.0) -> JointTrajectory | None:
-        """Publish `msg` (re-sent while nothing comes back: best effort) and return its action."""
-        stamp = msg.header.stamp
+        """Publish `msg` and return its action. While nothing comes back (best-effort QoS, or the
+        node's image subscription, created on activate, not matched yet) it is re-sent, stamped
+        anew so that it never goes stale; the action carries the stamp of the frame it answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            stamp = msg.header.stamp
             self.images.publish(msg)
             if wait_until(lambda: self.action_for(stamp) is not None, 2.0):
                 return self.action_for(stamp)
+            msg.header.stamp = self.now()
         return None
 
     def action_for(self, stamp) -> JointTrajectory | None:
@@ -148,9 +151,9 @@ def harness(tiny_onnx_export, tmp_path_factory):
 
 def test_actions_equal_predict_onnxruntime(harness, tiny_onnx_export, tmp_path):
     image = make_image(1)
-    stamp = harness.now()
-    action = harness.send_and_wait_action(image_msg(image, stamp))
+    action = harness.send_and_wait_action(image_msg(image, harness.now()))
     assert action is not None, harness.node.log_text()[-3000:]
+    stamp = action.header.stamp
     expected = predict_cli("onnxruntime", tiny_onnx_export, image, INSTRUCTION, tmp_path)
     assert action.joint_names == LABELS
     assert action.header.frame_id == "base_link"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,12 @@ class BackboneTransform:
     mean: np.ndarray  # float32 [3]
     std: np.ndarray  # float32 [3]
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        resized = image.resize((self.resize_hw[1], self.resize_hw[0]), resample=self.resample)
-        pixels = np.asarray(resized)
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """uint8 HxWx3 pixels resized to `resize_hw` with the backbone's filter."""
+        return np.asarray(image.resize((self.resize_hw[1], self.resize_hw[0]), resample=self.resample))
+
+    def crop_and_normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Resized uint8 HxWx3 pixels -> float32 [3, crop_h, crop_w]."""
         height, width = pixels.shape[:2]
         crop_h, crop_w = self.crop_hw
         if crop_h > height or crop_w > width:
@@ -113,9 +117,10 @@ class BackboneTransform:
         # torchvision's center_crop rounds the offsets this way.
         top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
         pixels = pixels[top:top + crop_h, left:left + crop_w]
-        lut = self.normalized_values()
+        lut = self.normalized_values
         return np.stack([lut[channel].take(pixels[:, :, channel]) for channel in range(3)])
 
+    @cached_property
     def normalized_values(self) -> np.ndarray:
         """float32 [3, 256]: ToTensor + Normalize of every uint8 value per channel, computed with the
         same float32 operations (so a table lookup gives bit-identical pixel values, ~10x faster)."""
@@ -190,8 +195,16 @@ class ImageProcessor:
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         validate_image(image)
         pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-        stacked = np.concatenate([transform(pil) for transform in self.transforms], axis=0)
-        return stacked[None]
+        # Fused backbones (DINOv2 + SigLIP) usually resize alike: resize once per distinct filter
+        # and size (3.7 ms per bicubic resize of a 640x480 frame here), then crop and normalize each.
+        resized: dict[tuple[tuple[int, int], int], np.ndarray] = {}
+        planes = []
+        for transform in self.transforms:
+            key = (transform.resize_hw, transform.resample)
+            if key not in resized:
+                resized[key] = transform.resize(pil)
+            planes.append(transform.crop_and_normalize(resized[key]))
+        return np.concatenate(planes, axis=0)[None]
 
 
 def _resample_from_name(name: str) -> int:

@@ -170,7 +170,8 @@ class DecoderGraph(_LlamaGraphBase):
         sin = self.sin_table.index_select(0, cache_position)[None, None]
         # Keys: the cached slots before cache_position, then the new token's own K/V appended as
         # one extra slot, so attention reads the input cache as is and the cache is written once.
-        allowed = torch.cat((self.slots < cache_position, self.slots[:1] >= 0)).view(1, 1, 1, self.capacity + 1)
+        own_slot = torch.ones(1, dtype=torch.bool)
+        allowed = torch.cat((self.slots < cache_position, own_slot)).view(1, 1, 1, self.capacity + 1)
         # One flat index per (layer, key/value): the runtime then splits the cache in one pass.
         past = past_kv.reshape((len(self.layers) * 2,) + past_kv.shape[2:])
         new_kv = []

@@ -67,7 +67,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -76,6 +76,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from openvla_ros.nodes.spin import spin_until_shutdown
 from openvla_ros.sim.action_inbox import ActionInbox, ReceivedAction, parse_action
 from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
@@ -444,9 +445,7 @@ def main(args: list[str] | None = None) -> None:
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_shutdown(executor)
     finally:
         node.shutdown()
         executor.shutdown()

@@ -51,7 +51,7 @@ from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -68,6 +68,7 @@ from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
 from openvla_ros.policy import load_policy
+from openvla_ros.nodes.spin import spin_until_shutdown
 from openvla_ros.processing import center_crop
 
 SENSOR_DATA = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -491,9 +492,7 @@ def main(args: list[str] | None = None) -> None:
         if node.state == "inactive":
             node.trigger_activate()
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_shutdown(executor)
     finally:
         node.stop_worker()
         node._release_policy()

@@ -21,6 +21,7 @@ import yaml
 NODE_MODULES = {
     "policy_node": "openvla_ros.nodes.policy_node",
     "libero_bridge": "openvla_ros.nodes.libero_bridge",
+    "transport_floor_node": "openvla_ros.nodes.transport_floor_node",  # bench-node only; not installed
 }
 
 

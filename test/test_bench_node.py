@@ -26,6 +26,10 @@ def test_bench_node_reports_latency_and_overhead_per_size(tiny_onnx_export, tmp_
         assert 0 < backend["p50"] < e2e["p50"]  # the backend time is a part of end to end
         assert overhead["mean"] == pytest.approx(e2e["mean"] - backend["mean"])
         assert 0 < overhead["p50"] <= overhead["p99"] <= overhead["max"]
+        floor = size["transport_floor"]  # the same harness against a node that answers at once
+        assert floor["frames"] == 8 and floor["lost"] == 0
+        assert 0 < floor["end_to_end_ms"]["p50"] < e2e["p50"]
+        assert set(floor["overhead_parts"]) == set(size["overhead_parts"])
 
 
 def test_sizes_and_summary():

@@ -6,8 +6,14 @@ is image publish -> action receive. The node reports the wall time of `Policy.pr
 frame on `~/timing` (same stamp); node overhead = end-to-end minus that backend time, i.e. DDS
 transfer both ways, conversion, hand-off to the inference thread and publishing (split into
 parts by the node's wall-clock marks in `overhead_parts`). Frames are sent
-one after another, never while an inference runs, so no time is spent queueing. Both processes
-use the large-frames Fast DDS profile (openvla_ros.nodes.dds_profile) unless
+one after another, never while an inference runs, so no time is spent queueing.
+
+Then, unless --no-floor, the same harness measures the transport floor
+(openvla_ros.nodes.transport_floor_node): a node that converts each frame the same way and answers
+at once from its callback. Its end-to-end time is what rclpy + DDS + conversion cost on this
+machine with no inference thread and no model; the policy node's overhead is read against it.
+
+All processes use the large-frames Fast DDS profile (openvla_ros.nodes.dds_profile) unless
 FASTDDS_DEFAULT_PROFILES_FILE is already set.
 """
 from __future__ import annotations
@@ -30,6 +36,11 @@ DEFAULT_SIZES = ("224x224", "640x480")
 DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 ACTION_TIMEOUT_S = 60.0  # a timed frame whose action takes longer is counted as lost
 FIRST_ACTION_TIMEOUT_S = 300.0
+FLOOR_NAMESPACE = "bench_floor"  # keeps the floor node's all-zero actions off any robot's `action` topic
+# glibc would hand each freed 900 KiB frame buffer of the small floor process back to the OS and
+# page-fault the next one in (dds_in 2.8 vs 1.0 ms p50 at 640x480 here); the policy node's large
+# heap keeps frame buffers resident anyway (the same setting measured no change there).
+FLOOR_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames per size first (default: %(default)s)")
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     parser.add_argument("--unnorm-key", default="", help="norm stats key (default: the model's only key)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the transport floor (a node that answers each frame at once, no inference)")
     parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
 
 
@@ -147,7 +160,37 @@ def _measure_size(probe, publisher, watcher: ActionWatcher, size: tuple[int, int
             "overhead_parts": {name: summarize(values) for name, values in parts.items()}}
 
 
+def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int, int]], args: argparse.Namespace,
+                  instruction: str | None) -> dict[str, dict]:
+    """Start `node` (a NodeProcess), measure every size against it, stop it."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from openvla_ros.nodes.policy_node import SENSOR_DATA
+    from openvla_ros.nodes.probe import LATCHED, Probe
+
+    watcher = ActionWatcher()
+    with Probe("bench_node_probe", namespace=namespace) as probe:
+        probe.subscribe(JointTrajectory, "action", on_message=watcher.on_action)
+        probe.subscribe(DiagnosticArray, timing_topic, on_message=watcher.on_timing)
+        images = probe.publisher(Image, "image", SENSOR_DATA)
+        if instruction is not None:
+            probe.publisher(String, "instruction", LATCHED).publish(String(data=instruction))
+        node.start()
+        try:
+            if not probe.wait_for_subscribers("image", timeout=300.0):
+                raise RuntimeError(f"{node.name} did not subscribe to image; log:\n{node.log_text()[-2000:]}")
+            _wait_first_action(probe, images, watcher)
+            return {f"{w}x{h}": _measure_size(probe, images, watcher, (w, h), args.frames, args.warmup)
+                    for w, h in sizes}
+        finally:
+            node.stop()
+
+
 def run(args: argparse.Namespace) -> int:
+    from openvla_ros.node_process import NodeProcess
     from openvla_ros.nodes.dds_profile import large_frames_env
 
     backend, model_dir = _backend_and_dir(args)
@@ -158,33 +201,17 @@ def run(args: argparse.Namespace) -> int:
     # Must be in place before this process creates its first DDS participant.
     os.environ.update(large_frames_env(workdir))
 
-    from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import String
-    from trajectory_msgs.msg import JointTrajectory
-
-    from openvla_ros.node_process import NodeProcess
-    from openvla_ros.nodes.policy_node import SENSOR_DATA
-    from openvla_ros.nodes.probe import LATCHED, Probe
-
     params = {"backend": backend, "model_dir": str(model_dir.resolve()), "unnorm_key": args.unnorm_key,
               "autostart": True, "mode": "continuous", "max_rate_hz": 1000.0}
-    node = NodeProcess("policy_node", name="bench_policy_node", params=params, log_path=workdir / "node.log")
-    watcher = ActionWatcher()
-    with Probe("bench_node_probe") as probe:
-        probe.subscribe(JointTrajectory, "action", on_message=watcher.on_action)
-        probe.subscribe(DiagnosticArray, "bench_policy_node/timing", on_message=watcher.on_timing)
-        images = probe.publisher(Image, "image", SENSOR_DATA)
-        probe.publisher(String, "instruction", LATCHED).publish(String(data=args.instruction))
-        node.start()
-        try:
-            if not probe.wait_for_subscribers("image", timeout=300.0):
-                raise RuntimeError(f"the policy node did not subscribe to image; log:\n{node.log_text()[-2000:]}")
-            _wait_first_action(probe, images, watcher)
-            results = {f"{w}x{h}": _measure_size(probe, images, watcher, (w, h), args.frames, args.warmup)
-                       for w, h in sizes}
-        finally:
-            node.stop()
+    policy_node = NodeProcess("policy_node", name="bench_policy_node", params=params, log_path=workdir / "node.log")
+    results = _measure_node(policy_node, "", "bench_policy_node/timing", sizes, args, args.instruction)
+    if args.floor:
+        floor_node = NodeProcess("transport_floor_node", name="transport_floor", namespace=FLOOR_NAMESPACE,
+                                 env=FLOOR_MALLOC_ENV, log_path=workdir / "floor.log")
+        floor = _measure_node(floor_node, FLOOR_NAMESPACE, "transport_floor/timing", sizes, args, None)
+        for size, measured in floor.items():
+            results[size]["transport_floor"] = {key: measured[key] for key in ("frames", "lost", "end_to_end_ms",
+                                                                               "overhead_parts")}
     report = {"backend": backend, "model_dir": str(model_dir), "instruction": args.instruction,
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
               "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"), "sizes": results}

@@ -41,11 +41,17 @@ def test_encodings_give_rgb(encoding, padding):
     np.testing.assert_array_equal(out, expected)
 
 
-def test_output_does_not_alias_message_data():
+def test_unpadded_rgb8_is_a_read_only_view_and_other_layouts_are_copies():
     msg = message(RGB, "rgb8")
     out = numpy_image_to_rgb(msg, BIG)
-    out[0, 0, 0] ^= 0xFF
-    assert bytes(msg.data) == RGB.tobytes()
+    assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
+    with pytest.raises(ValueError, match="read-only"):
+        out[0, 0, 0] ^= 0xFF  # the frame can never change the message, nor be changed through it by mistake
+    del msg
+    np.testing.assert_array_equal(out, RGB)  # the view keeps the message's buffer alive
+    for msg in (message(RGB, "rgb8", padding=3), message(encoded("bgr8"), "bgr8")):
+        copy = numpy_image_to_rgb(msg, BIG)
+        assert copy.flags.writeable and not np.shares_memory(copy, np.frombuffer(msg.data, np.uint8))
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -50,13 +50,19 @@ def check_image_fields(encoding: str, height: int, width: int, step: int, data_l
 
 
 def numpy_image_to_rgb(msg, max_pixels: int) -> np.ndarray:
-    """sensor_msgs/Image -> a new uint8 HxWx3 RGB array (row padding beyond width x channels dropped)."""
+    """sensor_msgs/Image -> uint8 HxWx3 RGB, C-contiguous (row padding beyond width x channels dropped).
+
+    An unpadded rgb8 frame is returned as a read-only view of the message's buffer (which the view
+    keeps alive): the message belongs to the callback, so copying 900 KiB per 640x480 frame on the
+    callback path would buy nothing. Every other layout is a new array.
+    """
     channels = check_image_fields(msg.encoding, msg.height, msg.width, msg.step, len(msg.data), max_pixels)
     rows = np.frombuffer(msg.data, dtype=np.uint8, count=msg.height * msg.step).reshape(msg.height, msg.step)
     pixels = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
     order = ENCODINGS[msg.encoding][1]
-    if order == (0, 1, 2) and channels == 3:
-        return pixels.copy()
+    if order == (0, 1, 2) and channels == 3 and pixels.flags.c_contiguous:
+        pixels.flags.writeable = False
+        return pixels
     return np.ascontiguousarray(pixels[:, :, order])
 
 

@@ -67,8 +67,8 @@ from openvla_ros.actions import POSE_LABELS, dimension_labels
 from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
-from openvla_ros.policy import load_policy
 from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.policy import load_policy
 from openvla_ros.processing import center_crop
 
 SENSOR_DATA = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,

@@ -22,9 +22,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from openvla_ros.actions import POSE_LABELS
 from openvla_ros.nodes.image_conversion import image_to_rgb
 from openvla_ros.nodes.policy_node import OUTPUTS, SENSOR_DATA
+from openvla_ros.nodes.policy_params import PARAMS
 from openvla_ros.nodes.spin import spin_until_shutdown
 
-MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_PIXELS = PARAMS["max_image_pixels"].default  # the policy node's default limit
 
 
 class TransportFloorNode(Node):

@@ -68,6 +68,7 @@ from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
 from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.nodes.timing import timing_message
 from openvla_ros.policy import load_policy
 from openvla_ros.processing import center_crop
 
@@ -434,13 +435,11 @@ class PolicyNode(LifecycleNode):
              twist.twist.angular.x, twist.twist.angular.y, twist.twist.angular.z) = action[:6].tolist()
             self._twist_pub.publish(twist)
             self._gripper_pub.publish(Float64(data=float(action[6])))
-        timing = {"backend_ms": f"{backend_ms:.4f}", "crop_ms": f"{crop_ms:.4f}",
-                  **{f"stage_{k}_ms": f"{v:.4f}" for k, v in stages.items()},
-                  "frame_received_unix_ns": str(frame.received_unix_ns),
-                  "inference_start_unix_ns": str(started_unix_ns), "action_published_unix_ns": str(published_unix_ns)}
-        self._timing_pub.publish(DiagnosticArray(header=msg.header, status=[DiagnosticStatus(
-            name=self.get_fully_qualified_name() + ": timing",
-            values=[KeyValue(key=k, value=v) for k, v in timing.items()])]))
+        self._timing_pub.publish(timing_message(
+            msg.header, self.get_fully_qualified_name(), backend_ms=backend_ms,
+            frame_received_unix_ns=frame.received_unix_ns, inference_start_unix_ns=started_unix_ns,
+            action_published_unix_ns=published_unix_ns, crop_ms=crop_ms,
+            **{f"stage_{k}_ms": v for k, v in stages.items()}))
 
     # ---- diagnostics -----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -24,6 +24,7 @@ from openvla_ros.nodes.image_conversion import image_to_rgb
 from openvla_ros.nodes.policy_node import OUTPUTS, SENSOR_DATA
 from openvla_ros.nodes.policy_params import PARAMS
 from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.nodes.timing import timing_message
 
 MAX_IMAGE_PIXELS = PARAMS["max_image_pixels"].default  # the policy node's default limit
 
@@ -47,12 +48,9 @@ class TransportFloorNode(Node):
                                  points=[JointTrajectoryPoint(positions=[0.0] * len(POSE_LABELS))])
         self._action_pub.publish(action)
         published_unix_ns = time.time_ns()
-        timing = {"backend_ms": "0", "frame_received_unix_ns": str(received_unix_ns),
-                  "inference_start_unix_ns": str(converted_unix_ns),
-                  "action_published_unix_ns": str(published_unix_ns)}
-        self._timing_pub.publish(DiagnosticArray(header=msg.header, status=[DiagnosticStatus(
-            name=self.get_fully_qualified_name() + ": timing",
-            values=[KeyValue(key=k, value=v) for k, v in timing.items()])]))
+        self._timing_pub.publish(timing_message(
+            msg.header, self.get_fully_qualified_name(), backend_ms=0.0, frame_received_unix_ns=received_unix_ns,
+            inference_start_unix_ns=converted_unix_ns, action_published_unix_ns=published_unix_ns))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,22 @@ def test_hash_progress_reads_the_whole_file_in_chunks(tmp_path):
 
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert sum(seen) == 20 << 20 and len(seen) == 3
+
+
+def test_recorded_side_file_is_checked_with_a_progress_bar(tiny_onnx_export, tmp_path, capsys):
+    # Graphs over 1 GiB keep their weights in `<graph>.onnx.data`; export records it like any file.
+    export = _copy(tiny_onnx_export, tmp_path)
+    data = export / "vla_prefill.onnx.data"
+    data.write_bytes(os.urandom(65 << 20))
+    manifest = Manifest.load(export)
+    replace(manifest, files={**manifest.files, data.name: FileRecord.of(data)}).write()
+    assert main(["check", str(export)]) == 0
+    captured = capsys.readouterr()
+    assert f"ok       {data.name} ({65 << 20} bytes, size + sha256 ok)" in captured.out
+    assert f"sha256 {data.name}:" in captured.err and "/68.2M" in captured.err  # the tqdm bar
+    _truncate(data, 1 << 20)
+    with pytest.raises(InvalidModelFile, match=f"{data.name}: truncated: expected {65 << 20} bytes, got {1 << 20}"):
+        load_policy("onnxruntime", export)
 
 
 # ---- OM folders (checked before pyACL) --------------------------------------------------------

@@ -24,7 +24,6 @@ class ExportCheck:
 
     problems: list[ModelFileError] = field(default_factory=list)
     unrecorded: list[str] = field(default_factory=list)  # present, but no size/hash in the manifest
-    checked: list[str] = field(default_factory=list)  # present and matching their record
 
 
 def expected_files(manifest: Manifest, suffix: str) -> list[str]:
@@ -48,7 +47,8 @@ def check_export_files(manifest: Manifest, suffix: str, verify_hashes: bool = Fa
     names = expected_files(manifest, suffix)
 
     def checked(name: str) -> None:
-        (result.checked if name in manifest.files else result.unrecorded).append(name)
+        if name not in manifest.files:
+            result.unrecorded.append(name)
         if on_checked is not None:
             on_checked(name)
 

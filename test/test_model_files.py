@@ -215,12 +215,14 @@ def _drop_records(export: Path) -> None:
     (export / "manifest.json").write_text(json.dumps(data))
 
 
-def test_export_without_records_still_loads_with_a_note(tiny_onnx_export, tmp_path, runtime_notes):
+def test_export_without_records_still_loads_with_a_note(tiny_onnx_export, tmp_path, runtime_notes, capsys):
     export = _copy(tiny_onnx_export, tmp_path)
     _drop_records(export)
     load_policy("onnxruntime", export).close()
     notes = list(runtime_notes)
     assert len(notes) == 1 and "no size or checksum recorded for vision_backbone.onnx" in notes[0]
+    assert main(["check", str(export)]) == 0
+    assert "unchecked vla_decoder.onnx" in capsys.readouterr().out
     # Without records a truncated graph is still named, by ONNX Runtime failing to parse it.
     _truncate(export / "vla_decoder.onnx", 1000)
     with pytest.raises(InvalidModelFile, match="vla_decoder.onnx: not ONNX: ONNX Runtime cannot parse it"):

@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _ok(directory: Path, name: str, how: str) -> None:
-    print(f"  ok       {name} ({(directory / name).stat().st_size} bytes, {how})")
+def _ok(directory: Path, name: str, how: str, label: str = "ok") -> None:
+    print(f"  {label:8s} {name} ({(directory / name).stat().st_size} bytes, {how})")
 
 
 def _check_export(directory: Path, verify_hashes: bool) -> list[Exception]:
@@ -58,9 +58,10 @@ def _check_export(directory: Path, verify_hashes: bool) -> list[Exception]:
               f"{'size + SHA-256' if verify_hashes else 'sizes'} against manifest.json")
 
         def report(name: str) -> None:
-            how = ("size + sha256 ok" if verify_hashes else "size ok") if name in manifest.files \
-                else "present; the manifest records no size or checksum for it"
-            _ok(directory, name, how)
+            if name in manifest.files:
+                _ok(directory, name, "size + sha256 ok" if verify_hashes else "size ok")
+            else:
+                _ok(directory, name, "present; the manifest records no size or checksum for it", "unchecked")
 
         problems += check_export_files(manifest, suffix, verify_hashes=verify_hashes, progress=True,
                                        on_checked=report).problems

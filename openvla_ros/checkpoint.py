@@ -8,11 +8,13 @@ applies the weight-file policy (safetensors, single or sharded; pickle only when
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from openvla_ros.model_files import MissingModelFile, ModelFileError, read_json, raise_first
+from openvla_ros.safetensors_check import CHECKPOINT_REMEDY, SafetensorsHeader, check_safetensors
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -188,19 +190,19 @@ class OpenVLAConfig:
         path = Path(checkpoint_dir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config.json in {checkpoint_dir}; expected an OpenVLA checkpoint directory")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path, CHECKPOINT_REMEDY))
 
 
 def _index_files(index_path: Path) -> list[Path]:
-    with open(index_path, encoding="utf-8") as f:
-        weight_map = json.load(f).get("weight_map")
+    index = read_json(index_path, CHECKPOINT_REMEDY)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path} has no weight_map")
     files = [index_path.parent / name for name in dict.fromkeys(weight_map.values())]
-    missing = [str(p.name) for p in files if not p.is_file()]
+    missing = [p for p in files if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{index_path.name} names shards that are missing: {missing}")
+        raise MissingModelFile(missing[0], f"missing ({index_path.name} names {len(files)} shards, "
+                                           f"{len(missing)} are not here)", CHECKPOINT_REMEDY)
     return files
 
 
@@ -223,13 +225,26 @@ def find_weight_files(checkpoint_dir: str | Path, allow_pickle: bool = False) ->
     else:
         pickles = sorted(p for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES) if root.is_dir() else []
     if not pickles:
+        # An export directory carries config.json too; say which backend loads it.
+        export_hint = ("; it holds manifest.json: an `openvla-ros export` / `convert-om` directory, for the "
+                       "onnxruntime or om backend" if (root / "manifest.json").is_file() else "")
         raise FileNotFoundError(f"no weights in {root}: expected {SAFETENSORS_FILE} or "
-                                f"{SAFETENSORS_INDEX} with model-*-of-*.safetensors shards")
+                                f"{SAFETENSORS_INDEX} with model-*-of-*.safetensors shards{export_hint}")
     if not allow_pickle:
         raise ValueError(f"{root} holds only pickle weights ({', '.join(p.name for p in pickles)}); loading "
                          "pickle can run arbitrary code, so it is refused. Convert the checkpoint to "
                          "safetensors, or pass --allow-pickle (allow_pickle=True) if you trust it.")
     return pickles
+
+
+def weight_file_problems(checkpoint_dir: str | Path, files: list[Path],
+                         on_checked: Callable[[Path, SafetensorsHeader], None] | None = None) -> list[ModelFileError]:
+    """Damaged safetensors files, and shards that disagree with the index (headers and sizes only:
+    one small read per file); pickle files are not checked."""
+    index = Path(checkpoint_dir) / SAFETENSORS_INDEX
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    uses_index = index.is_file() and safetensors != [Path(checkpoint_dir) / SAFETENSORS_FILE]
+    return check_safetensors(safetensors, index if uses_index else None, on_checked=on_checked)
 
 
 def load_state_dict(checkpoint_dir: str | Path, allow_pickle: bool = False, framework: str = "numpy") -> dict:
@@ -239,8 +254,10 @@ def load_state_dict(checkpoint_dir: str | Path, allow_pickle: bool = False, fram
     """
     if framework not in ("numpy", "pt"):
         raise ValueError(f"framework {framework!r} is not supported; expected 'numpy' or 'pt'")
+    files = find_weight_files(checkpoint_dir, allow_pickle=allow_pickle)
+    raise_first(weight_file_problems(checkpoint_dir, files), checkpoint_dir)
     state: dict = {}
-    for path in find_weight_files(checkpoint_dir, allow_pickle=allow_pickle):
+    for path in files:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 

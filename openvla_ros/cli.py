@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from typing import Sequence
+
+from openvla_ros.model_files import ModelFileError
 
 # name -> (module under openvla_ros.commands, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -16,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny": ("make_tiny", "write a small random OpenVLA checkpoint in the official format"),
     "export": ("export", "export a checkpoint to static-shape ONNX graphs + manifest"),
     "verify": ("verify", "compare the ONNX pipeline against the torch reference"),
+    "check": ("check", "check every model file of a directory (sizes, SHA-256, safetensors headers)"),
     "convert-om": ("convert_om", "convert exported ONNX graphs to Ascend .om files with ATC"),
     "bench": ("bench", "benchmark the backends on one checkpoint (JSON)"),
     "bench-node": ("bench_node", "benchmark the policy node end to end over DDS (JSON)"),
@@ -26,16 +30,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DEBUG_HELP = "on an error, print the Python traceback too (user errors are otherwise one line)"
+
+
 def _load(module: str):
     return importlib.import_module(f"openvla_ros.commands.{module}")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openvla-ros", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
+        # Also accepted after the subcommand; SUPPRESS keeps the subparser from resetting a given --debug.
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         # Only the chosen subcommand's module is imported (and only it can declare arguments).
         if name == chosen:
             mod = _load(module)
@@ -49,8 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # User-facing errors (bad input, missing files, unavailable backends) get one clear line.
+    except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        # User-facing errors (bad input, damaged or missing files, unavailable backends) get one clear line.
+        if args.debug:
+            traceback.print_exc()
         print(f"openvla-ros {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -56,6 +56,7 @@ def load_policy(
     backend: str,
     model_dir: str | Path,
     unnorm_key: str | None = None,
+    verify_checksums: bool = False,
     **options,
 ) -> Policy:
     """Load a policy for `backend` from `model_dir`.
@@ -64,6 +65,11 @@ def load_policy(
     by `openvla-ros export` (ONNX graphs + manifest.json) or `convert-om` (.om files +
     manifest.json) for `onnxruntime` / `om`. Backend-specific `options` are passed through
     (e.g. `allow_pickle` for torch, `provider` for onnxruntime, `device_id` for om).
+
+    Damaged, incomplete or mismatched files raise a one-line `ModelFileError` naming the file.
+    File sizes are always checked; `verify_checksums` also hashes every file of an export against
+    its manifest (checkpoints carry no checksums: their safetensors headers, sizes and shard index
+    are checked either way).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -75,5 +81,6 @@ def load_policy(
     if backend in ("onnxruntime", "om"):
         from openvla_ros.runtime import load_runtime_policy
 
-        return load_runtime_policy(backend, model_dir, unnorm_key=unnorm_key, **options)
+        return load_runtime_policy(backend, model_dir, unnorm_key=unnorm_key, verify_checksums=verify_checksums,
+                                   **options)
     raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -4,6 +4,7 @@ the previous step's output buffer back, bound not copied), and the runtime path 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from openvla_ros.policy import load_policy
 from openvla_ros.runtime import load_runtime_policy
-from openvla_ros.runtime.manifest import Manifest
+from openvla_ros.runtime.manifest import GRAPH_NAMES, Manifest
 from openvla_ros.runtime.onnxruntime_backend import OnnxRuntimeGraphs
 from openvla_ros.runtime.pipeline import GraphPipeline
 
@@ -147,9 +148,13 @@ def test_om_backend_from_the_cli_explains_missing_cann(tiny_onnx_export, tmp_pat
 
     image = tmp_path / "frame.png"
     Image.fromarray(_images()[0]).save(image)
+    # An OM folder (its files are checked before pyACL is imported): the export with .om graphs.
+    om_dir = shutil.copytree(tiny_onnx_export, tmp_path / "om", ignore=shutil.ignore_patterns("*.onnx"))
+    for name in GRAPH_NAMES:
+        (om_dir / f"{name}.om").write_bytes(b"stand-in om")
     with pytest.raises(RuntimeError, match="CANN's pyACL"):
-        load_policy("om", tiny_onnx_export)
+        load_policy("om", om_dir)
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "predict", "--backend", "om", "--om",
-                           str(tiny_onnx_export), "--image", str(image), "--instruction", INSTRUCTION],
+                           str(om_dir), "--image", str(image), "--instruction", INSTRUCTION],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "CANN's pyACL" in proc.stderr

@@ -1,5 +1,6 @@
 """`openvla-ros convert-om`: run `scripts/convert_onnx_to_om.sh` (the one place the ATC commands
-live) on an export directory; arguments are passed through unchanged."""
+live) on an export directory; arguments are passed through unchanged. Afterwards the copied
+manifest gets the size and SHA-256 of the `.om` files and processor files."""
 from __future__ import annotations
 
 import argparse
@@ -50,4 +51,11 @@ def run(args: argparse.Namespace) -> int:
         command += ["--precision", spec]
     if args.dry_run:
         command.append("--dry-run")
-    return subprocess.run(command, check=False).returncode
+    returncode = subprocess.run(command, check=False).returncode
+    if returncode == 0 and not args.dry_run:
+        from openvla_ros.runtime.export_files import record_om_files
+
+        record_om_files(args.out, progress=True)
+        print(f"[convert-om] recorded the size and SHA-256 of every file in {args.out / 'manifest.json'}",
+              file=sys.stderr)
+    return returncode

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="torch backend weight dtype (default float32, which reproduces official actions)")
     parser.add_argument("--provider", choices=("cpu", "cuda", "cann"), help="ONNX Runtime execution provider")
+    parser.add_argument("--verify-checksums", action="store_true",
+                        help="hash every file of an export against its manifest before loading (sizes are "
+                             "always checked; hashing reads every byte)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     if args.center_crop is not None:
         image = center_crop(image, args.center_crop)
-    policy = load_policy(backend, model_dir, unnorm_key=args.unnorm_key, **_backend_options(args, backend))
+    policy = load_policy(backend, model_dir, unnorm_key=args.unnorm_key, verify_checksums=args.verify_checksums,
+                         **_backend_options(args, backend))
     try:
         t0 = time.perf_counter()
         prediction = policy.predict(image, args.instruction)

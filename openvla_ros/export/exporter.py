@@ -25,6 +25,7 @@ import torch
 from openvla_ros.actions import ActionDecoder
 from openvla_ros.export.llama_graphs import DecoderGraph, EmbeddingGraph, PrefillGraph
 from openvla_ros.export.onnx_graph import OPSET, check_graph, export_module
+from openvla_ros.model_files import record_files
 from openvla_ros.runtime.manifest import (
     DTYPES,
     GRAPH_NAMES,
@@ -86,6 +87,9 @@ def export_onnx(
     copied = tuple(name for name in PROCESSOR_FILES if (checkpoint_dir / name).is_file())
     for name in copied:
         shutil.copy2(checkpoint_dir / name, out_dir / name)
+    produced = [p.name for name in GRAPH_NAMES for p in (out_dir / f"{name}.onnx", out_dir / f"{name}.onnx.data")
+                if p.is_file()] + list(copied)
+    say(f"[export] recording the size and SHA-256 of {len(produced)} files ...")
     manifest = Manifest(
         directory=out_dir,
         model_name=checkpoint_dir.resolve().name,
@@ -104,6 +108,7 @@ def export_onnx(
         norm_stats=config.norm_stats,
         processor_files=copied,
         extra={"export": {"torch": torch.__version__, "source": str(checkpoint_dir.resolve())}},
+        files=record_files(out_dir, produced, progress=progress is not None),
     )
     manifest.write()
     say(f"[export] wrote {len(GRAPH_NAMES)} graphs and manifest.json to {out_dir}")

@@ -64,6 +64,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from openvla_ros.actions import POSE_LABELS, dimension_labels
+from openvla_ros.model_files import ModelFileError
 from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
@@ -146,9 +147,12 @@ class PolicyNode(LifecycleNode):
         try:
             if not model_dir:
                 raise ValueError("parameter model_dir is empty; set it to the model directory")
-            policy = load_policy(backend, model_dir, unnorm_key=self._cfg["unnorm_key"] or None)
+            policy = load_policy(backend, model_dir, unnorm_key=self._cfg["unnorm_key"] or None,
+                                 verify_checksums=self._cfg["verify_checksums"])
         except Exception as exc:  # any load failure leaves the node unconfigured with the reason
-            self._last_error = f"configure failed: {type(exc).__name__}: {exc}"
+            # A damaged or missing model file is already one line naming the file and the remedy.
+            reason = str(exc) if isinstance(exc, ModelFileError) else f"{type(exc).__name__}: {exc}"
+            self._last_error = f"configure failed: {reason}"
             self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         try:

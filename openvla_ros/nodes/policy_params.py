@@ -31,6 +31,8 @@ PARAMS: dict[str, ParamSpec] = {
     "backend": ParamSpec("onnxruntime", f"inference backend: {' | '.join(BACKENDS)}", CONFIGURE),
     "model_dir": ParamSpec("", "torch: HF-format checkpoint; onnxruntime/om: export directory", CONFIGURE),
     "unnorm_key": ParamSpec("", "norm stats key for unnormalizing actions ('' = the model's only one)", CONFIGURE),
+    "verify_checksums": ParamSpec(False, "on configure, hash every model file against the export's manifest "
+                                         "(sizes are always checked; hashing reads every byte)", CONFIGURE),
     "mode": ParamSpec("continuous", "continuous: infer on every new frame (<= max_rate_hz); "
                                     "trigger: one inference per ~/step call", ACTIVATE),
     "max_rate_hz": ParamSpec(10.0, "most inferences per second in continuous mode", RUNTIME, float_range=(0.01, 1000.0)),

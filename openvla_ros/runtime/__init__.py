@@ -11,17 +11,24 @@ Backends and their dependencies are imported only when chosen.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+from openvla_ros.model_files import raise_first
 
 RUNTIME_BACKENDS = ("onnxruntime", "om")
 
 
-def load_runtime_policy(backend: str, model_dir: str | Path, unnorm_key: str | None = None, **options):
+def load_runtime_policy(backend: str, model_dir: str | Path, unnorm_key: str | None = None,
+                        verify_checksums: bool = False, **options):
     """A `Policy` over an exported directory (`onnxruntime`: ONNX graphs; `om`: convert-om output).
 
-    Options: onnxruntime -> `provider` ("cpu" | "cuda" | "cann"), `device_id`, `intra_op_threads`;
-    om -> `device_id`. Unknown options are a ValueError.
+    The directory's files are checked against the manifest's records before the runtime opens
+    any of them: sizes always, SHA-256 too with `verify_checksums`; a problem is a one-line
+    `ModelFileError` naming the file. Options: onnxruntime -> `provider` ("cpu" | "cuda" | "cann"),
+    `device_id`, `intra_op_threads`; om -> `device_id`. Unknown options are a ValueError.
     """
+    from openvla_ros.runtime.export_files import SUFFIX_BACKENDS, check_export_files
     from openvla_ros.runtime.manifest import Manifest
     from openvla_ros.runtime.policy import RuntimePolicy
 
@@ -33,6 +40,15 @@ def load_runtime_policy(backend: str, model_dir: str | Path, unnorm_key: str | N
         raise ValueError(f"options {unknown} are not understood by the {backend} backend; "
                          f"expected some of {sorted(allowed[backend])}")
     manifest = Manifest.load(model_dir)
+    suffix = next(s for s, b in SUFFIX_BACKENDS.items() if b == backend)
+    check = check_export_files(manifest, suffix, verify_hashes=verify_checksums)
+    raise_first(check.problems, model_dir)
+    if check.unrecorded:
+        # Exports made before file records existed still load; say what could not be checked.
+        logging.getLogger(__name__).warning(
+            "%s: no size or checksum recorded for %s (made before file records, or by the bare conversion "
+            "script): only their presence was checked; re-export (or `openvla-ros convert-om`) to record them",
+            manifest.directory / "manifest.json", ", ".join(check.unrecorded))
     if backend == "onnxruntime":
         from openvla_ros.runtime.onnxruntime_backend import OnnxRuntimeGraphs
 

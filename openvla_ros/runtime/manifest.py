@@ -5,7 +5,9 @@ processor files copied from the checkpoint (tokenizer, preprocessor config, conf
 manifest. The manifest records each graph's input/output names, static shapes and dtypes in the
 order the graph declares them (the OM adapter binds buffers by position), the sequence layout
 (L = 1 + patches + max text tokens, KV capacity = L + action dim), the special token ids and the
-action norm stats.
+action norm stats, and (since file records were added) the size and SHA-256 of every file the
+export or conversion produced (`files`). A manifest without `files` still loads: its files are
+then only checked for presence.
 """
 from __future__ import annotations
 
@@ -16,9 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from openvla_ros.model_files import FileRecord, InvalidModelFile, MissingModelFile, read_json
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "openvla-ros-graphs"
+# `files` was added without a version bump: readers that predate it ignore it (it lands in their
+# `extra`), and this reader loads manifests without it, so exports made either way keep loading.
 MANIFEST_VERSION = 1
+MANIFEST_REMEDY = "re-copy the export directory, or re-export it (`openvla-ros export`)"
 
 # Execution order of the split graphs; also the file stems (`<name>.onnx` / `<name>.om`).
 GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder")
@@ -135,6 +142,7 @@ class Manifest:
     norm_stats: dict[str, Any]
     processor_files: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)  # file name -> size + SHA-256
 
     def graph_path(self, name: str, suffix: str) -> Path:
         """Path of graph `name` with `suffix` (".onnx" or ".om") in this directory."""
@@ -164,6 +172,7 @@ class Manifest:
             "graphs": {name: self.graphs[name].to_json() for name in GRAPH_NAMES},
             "norm_stats": self.norm_stats,
             "processor_files": list(self.processor_files),
+            **({"files": {name: record.to_json() for name, record in self.files.items()}} if self.files else {}),
             **self.extra,
         }
 
@@ -177,20 +186,30 @@ class Manifest:
         directory = Path(directory)
         path = directory / MANIFEST_FILE
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: expected a directory written by `openvla-ros export` or `convert-om`"
-            )
-        data = json.loads(path.read_text())
-        if data.get("format") != MANIFEST_FORMAT or data.get("format_version") != MANIFEST_VERSION:
-            raise ValueError(
-                f"{path}: format {data.get('format')!r} v{data.get('format_version')!r}; "
-                f"expected {MANIFEST_FORMAT!r} v{MANIFEST_VERSION}"
-            )
+            checkpoint = " (this is a checkpoint: load it with the torch backend, or export it first)" \
+                if (directory / "config.json").is_file() and any(directory.glob("*.safetensors")) else ""
+            raise MissingModelFile(path, f"missing{checkpoint}",
+                                   "expected a directory written by `openvla-ros export` or `convert-om`")
+        data = read_json(path, MANIFEST_REMEDY)
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT \
+                or data.get("format_version") != MANIFEST_VERSION:
+            found = f"format {data.get('format')!r} v{data.get('format_version')!r}" if isinstance(data, dict) \
+                else f"a JSON {type(data).__name__}"
+            raise InvalidModelFile(path, f"not an openvla-ros manifest: {found}, expected {MANIFEST_FORMAT!r} "
+                                         f"v{MANIFEST_VERSION}", MANIFEST_REMEDY)
+        try:
+            return cls._from_json(directory, data)
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"field {exc} missing" if isinstance(exc, KeyError) else str(exc)
+            raise InvalidModelFile(path, f"manifest invalid: {detail}", MANIFEST_REMEDY) from exc
+
+    @classmethod
+    def _from_json(cls, directory: Path, data: dict[str, Any]) -> "Manifest":
         missing = [g for g in GRAPH_NAMES if g not in data.get("graphs", {})]
         if missing:
-            raise ValueError(f"{path}: graphs {missing} missing; expected all of {GRAPH_NAMES}")
+            raise ValueError(f"graphs {missing} missing; expected all of {GRAPH_NAMES}")
         if data["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: dtype {data['dtype']!r}; expected one of {DTYPES}")
+            raise ValueError(f"dtype {data['dtype']!r}; expected one of {DTYPES}")
         seq = data["sequence"]
         layout = SequenceLayout(
             num_patches=int(seq["num_patches"]),
@@ -198,9 +217,9 @@ class Manifest:
             action_dim=int(seq["action_dim"]),
         )
         if layout.length != int(seq["length"]) or layout.kv_capacity != int(seq["kv_capacity"]):
-            raise ValueError(f"{path}: sequence length/kv_capacity disagree with its parts: {seq}")
+            raise ValueError(f"sequence length/kv_capacity disagree with its parts: {seq}")
         known = {"format", "format_version", "model_name", "dtype", "opset", "sequence", "image_shape",
-                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files"}
+                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files", "files"}
         return cls(
             directory=directory,
             model_name=str(data["model_name"]),
@@ -215,4 +234,5 @@ class Manifest:
             norm_stats=data["norm_stats"],
             processor_files=tuple(data["processor_files"]),
             extra={k: v for k, v in data.items() if k not in known},
+            files={str(name): FileRecord.from_json(record) for name, record in data.get("files", {}).items()},
         )

@@ -12,8 +12,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
-from openvla_ros.runtime.manifest import GraphSpec, TensorSpec
+from openvla_ros.model_files import InvalidModelFile
+from openvla_ros.runtime.manifest import MANIFEST_REMEDY, GraphSpec, TensorSpec
 from openvla_ros.runtime.session import DeviceBuffer, GraphRuntime
 
 # short name -> (execution provider, OrtValue device type)
@@ -22,6 +24,8 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "cuda": ("CUDAExecutionProvider", "cuda"),
     "cann": ("CANNExecutionProvider", "cann"),
 }
+# ONNX Runtime's errors for a graph file it cannot read (others, e.g. a provider failing, pass through).
+_UNREADABLE_GRAPH = (InvalidProtobuf, InvalidGraph, NoSuchFile, Fail)
 _ONNX_TO_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 
@@ -56,9 +60,16 @@ class OnnxRuntimeGraphs(GraphRuntime):
         self._sessions: dict[str, ort.InferenceSession] = {}
 
     def _load(self, spec: GraphSpec, path: Path) -> None:
-        session = ort.InferenceSession(str(path), self._options, providers=self._providers)
-        _check_declared(spec, "input", spec.inputs, session.get_inputs())
-        _check_declared(spec, "output", spec.outputs, session.get_outputs())
+        try:
+            session = ort.InferenceSession(str(path), self._options, providers=self._providers)
+        except _UNREADABLE_GRAPH as exc:
+            # ONNX Runtime's own message (e.g. INVALID_PROTOBUF) names neither the problem's cause nor a remedy.
+            reason = str(exc).strip().splitlines()[0][:300]
+            what = "not ONNX: ONNX Runtime cannot parse it" if isinstance(exc, InvalidProtobuf) \
+                else "not a loadable ONNX graph"
+            raise InvalidModelFile(path, f"{what} (truncated or damaged? {reason})", MANIFEST_REMEDY) from exc
+        _check_declared(spec, path, "input", spec.inputs, session.get_inputs())
+        _check_declared(spec, path, "output", spec.outputs, session.get_outputs())
         self._sessions[spec.name] = session
 
     def _allocate(self, spec: TensorSpec) -> Any:
@@ -85,8 +96,9 @@ class OnnxRuntimeGraphs(GraphRuntime):
         self._sessions.clear()
 
 
-def _check_declared(spec: GraphSpec, kind: str, expected: tuple[TensorSpec, ...], declared: list) -> None:
+def _check_declared(spec: GraphSpec, path: Path, kind: str, expected: tuple[TensorSpec, ...], declared: list) -> None:
     got = [(d.name, tuple(d.shape), _ONNX_TO_NUMPY.get(d.type, d.type)) for d in declared]
     want = [(t.name, t.shape, t.dtype) for t in expected]
     if got != want:
-        raise ValueError(f"graph {spec.name!r}: file declares {kind}s {got}, manifest says {want}")
+        raise InvalidModelFile(path, f"graph {spec.name!r} from another export: the file declares {kind}s {got}, "
+                                     f"the manifest says {want}", "copy the whole export directory from one export")

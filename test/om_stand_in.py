@@ -32,3 +32,21 @@ def convert_with_stand_in_atc(onnx_dir: Path, out_dir: Path, *args: str) -> Path
     if proc.returncode != 0:
         raise RuntimeError(f"convert_onnx_to_om.sh failed ({proc.returncode}): {proc.stderr}")
     return out_dir
+
+
+def acl_shim_dir(directory: Path) -> Path:
+    """A directory holding an `acl.py` that installs a fresh pyACL double as the `acl` module, for
+    child processes (bench workers, the policy node): put it first on their PYTHONPATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "acl.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(TEST_DIR)!r})\n"
+        "import pyacl_double\n"
+        "sys.modules[__name__] = pyacl_double.PyAclDouble()  # `import acl` yields the double\n")
+    return directory
+
+
+def shim_env(directory: Path) -> dict[str, str]:
+    """os.environ with `acl_shim_dir(directory)` first on PYTHONPATH."""
+    path = [str(acl_shim_dir(directory))] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}

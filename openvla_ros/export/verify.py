@@ -22,7 +22,7 @@ import torch
 from openvla_ros.runtime.manifest import Manifest
 from openvla_ros.runtime.pipeline import layout_prompt
 from openvla_ros.runtime.verify_runtimes import (DEFAULT_INSTRUCTION, DEFAULT_MIN_AGREEMENT, VerifyCase,  # noqa: F401
-                                                 case_result, default_cases, output_diff, summarize)
+                                                 case_result, default_cases, graph_diffs, verdict)
 
 
 def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], tokens: list[int],
@@ -97,31 +97,18 @@ def verify_export(
             expected = _reference_outputs(reference.model, pixel_values, ref.prompt_ids, ref.action_token_ids, manifest)
             filled = {"vla_prefill.present_kv": expected["vla_prefill.present_kv"].shape[4],
                       "vla_decoder.present_kv": expected["vla_decoder.present_kv"].shape[4]}
-            diffs = {}
-            for key, want in expected.items():
-                have = generation.captured[key]
-                if key in filled:
-                    have = have[:, :, :, :, : filled[key]]
-                if key.startswith("vla_decoder.") and got.action_token_ids != ref.action_token_ids:
-                    continue  # the decoders were fed different tokens: nothing comparable
-                diffs[key] = output_diff(have, want)
-                per_output.setdefault(key, []).append(diffs[key])
+            captured = {key: value[:, :, :, :, : filled[key]] if key in filled else value
+                        for key, value in generation.captured.items()}
+            diffs = graph_diffs(expected, captured, got.action_token_ids == ref.action_token_ids, per_output)
             results.append(case_result(case, got, ref, diffs))
     finally:
         runtime.close()
         reference.close()
-    summary = summarize(results, per_output)
-    passed = summary["token_agreement"] >= min_token_agreement and all(r["prompt_ids_match"] for r in results)
-    if manifest.dtype == "fp32":
-        passed = passed and summary["max_action_abs_diff"] <= action_atol
     return {
         "checkpoint": str(checkpoint_dir),
         "onnx" if backend == "onnxruntime" else "om": str(onnx_dir),
         "dtype": manifest.dtype,
         "unnorm_key": reference.unnorm_key,
-        **summary,
-        "criteria": {"min_token_agreement": min_token_agreement,
-                     "action_atol": action_atol if manifest.dtype == "fp32" else None},
-        "passed": passed,
+        **verdict(results, per_output, manifest.dtype, min_token_agreement, action_atol),
         "cases": results,
     }

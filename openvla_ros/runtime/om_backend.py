@@ -79,6 +79,7 @@ class AclGraphs(GraphRuntime):
         self._process = acl_process(acl)
         self._process.acquire()
         self._device_id = device_id
+        self._owner = object()  # names this instance's context in THREAD_CONTEXTS without keeping it alive
         self._device_set = False
         self._context = None
         self._models: dict[str, tuple[int, Any]] = {}  # graph -> (model id, model desc)
@@ -93,7 +94,7 @@ class AclGraphs(GraphRuntime):
             # create_context makes the new context current on this thread (aclpythondevg_01_0074).
             self._context, ret = acl.rt.create_context(device_id)
             _check(ret, "acl.rt.create_context")
-            THREAD_CONTEXTS.mark_current(self)
+            THREAD_CONTEXTS.mark_current(self._owner)
         except BaseException:
             self.close()
             raise
@@ -101,9 +102,9 @@ class AclGraphs(GraphRuntime):
     def _bind_thread(self) -> None:
         # An ACL context is current per thread; the policy node loads on one thread and infers on
         # another, and another instance may have made its own context current here meanwhile.
-        if not THREAD_CONTEXTS.is_current(self):
+        if not THREAD_CONTEXTS.is_current(self._owner):
             _check(self._acl.rt.set_context(self._context), "acl.rt.set_context")
-            THREAD_CONTEXTS.mark_current(self)
+            THREAD_CONTEXTS.mark_current(self._owner)
 
     def _load(self, spec: GraphSpec, path: Path) -> None:
         self._bind_thread()

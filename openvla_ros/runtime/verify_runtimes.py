@@ -55,17 +55,39 @@ def case_result(case: VerifyCase, got, want, diffs: dict) -> dict:
     }
 
 
-def summarize(results: list[dict], per_output: dict[str, list[dict]]) -> dict:
-    """The report fields computed from the cases: per-graph worst differences and token agreement."""
+def graph_diffs(expected: dict[str, np.ndarray], captured: dict[str, np.ndarray], tokens_match: bool,
+                per_output: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each expected graph output against the captured one, also appended to `per_output`; decoder
+    outputs only when the token sequences agree (otherwise the decoders were fed different tokens)."""
+    diffs = {}
+    for key, want in expected.items():
+        if key.startswith("vla_decoder.") and not tokens_match:
+            continue
+        diffs[key] = output_diff(captured[key], want)
+        per_output.setdefault(key, []).append(diffs[key])
+    return diffs
+
+
+def verdict(results: list[dict], per_output: dict[str, list[dict]], dtype: str, min_token_agreement: float,
+            action_atol: float) -> dict:
+    """The report fields computed from the cases: per-graph worst differences, token agreement, the
+    criteria and whether they are met (agreement and identical prompts; fp32 also the actions)."""
     total = sum(len(r["reference_tokens"]) for r in results)
+    agreement = sum(r["token_agreement"] * len(r["reference_tokens"]) for r in results) / total
+    max_action = max(r["action_max_abs_diff"] for r in results)
+    passed = agreement >= min_token_agreement and all(r["prompt_ids_match"] for r in results)
+    if dtype == "fp32":
+        passed = passed and max_action <= action_atol
     return {
         "graphs": {key: {"max_abs_diff": max(d["max_abs_diff"] for d in ds),
                          "mean_abs_diff": float(np.mean([d["mean_abs_diff"] for d in ds]))}
                    for key, ds in per_output.items()},
-        "token_agreement": sum(r["token_agreement"] * len(r["reference_tokens"]) for r in results) / total,
+        "token_agreement": agreement,
         "sequences_matching": sum(r["tokens_match"] for r in results),
         "cases_total": len(results),
-        "max_action_abs_diff": max(r["action_max_abs_diff"] for r in results),
+        "max_action_abs_diff": max_action,
+        "criteria": {"min_token_agreement": min_token_agreement, "action_atol": action_atol if dtype == "fp32" else None},
+        "passed": passed,
     }
 
 
@@ -99,27 +121,17 @@ def verify_om_against_onnx(om_dir: str | Path, onnx_dir: str | Path, cases: Sequ
         for case in cases:
             want, expected = reference.predict_detailed(case.image, case.instruction, capture=True)
             got, generation = candidate.predict_detailed(case.image, case.instruction, capture=True)
-            diffs = {}
-            for key, value in expected.captured.items():
-                if key.startswith("vla_decoder.") and got.action_token_ids != want.action_token_ids:
-                    continue
-                diffs[key] = output_diff(generation.captured[key], value)
-                per_output.setdefault(key, []).append(diffs[key])
+            diffs = graph_diffs(expected.captured, generation.captured,
+                                got.action_token_ids == want.action_token_ids, per_output)
             results.append(case_result(case, got, want, diffs))
     finally:
         candidate.close()
         reference.close()
-    summary = summarize(results, per_output)
-    passed = summary["token_agreement"] >= min_token_agreement and all(r["prompt_ids_match"] for r in results)
-    if dtype == "fp32":
-        passed = passed and summary["max_action_abs_diff"] <= action_atol
     return {
         "reference": f"onnxruntime:{onnx_dir}",
         "candidate": f"om:{om_dir}",
         "dtype": dtype,
         "unnorm_key": reference.unnorm_key,
-        **summary,
-        "criteria": {"min_token_agreement": min_token_agreement, "action_atol": action_atol if dtype == "fp32" else None},
-        "passed": passed,
+        **verdict(results, per_output, dtype, min_token_agreement, action_atol),
         "cases": results,
     }

@@ -168,6 +168,13 @@ def test_pyacl_initialized_by_another_library_is_left_to_it(pyacl, tiny_om_expor
     assert pyacl.calls["acl.finalize"] == 0  # its finalize belongs to the library that initialized
 
 
+def test_a_device_that_does_not_exist_is_refused_and_released(pyacl, tiny_om_export):
+    with pytest.raises(RuntimeError, match=r"acl\.rt\.set_device\(3\) failed with error code 107001"):
+        load_policy("om", tiny_om_export, device_id=3)
+    assert acl_process(pyacl).users == 0
+    assert pyacl.outstanding() == ZERO_OUTSTANDING
+
+
 def test_inference_on_another_thread_and_two_instances(pyacl, tiny_om_export):
     image = _images()[1]
     first = load_policy("om", tiny_om_export)  # loaded on this thread

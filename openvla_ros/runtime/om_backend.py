@@ -92,8 +92,9 @@ class AclGraphs(GraphRuntime):
             _check(acl.rt.set_device(device_id), f"acl.rt.set_device({device_id})")
             self._device_set = True
             # create_context makes the new context current on this thread (aclpythondevg_01_0074).
-            self._context, ret = acl.rt.create_context(device_id)
+            context, ret = acl.rt.create_context(device_id)
             _check(ret, "acl.rt.create_context")
+            self._context = context
             THREAD_CONTEXTS.mark_current(self._owner)
         except BaseException:
             self.close()

@@ -21,8 +21,8 @@ import torch
 
 from openvla_ros.runtime.manifest import Manifest
 from openvla_ros.runtime.pipeline import layout_prompt
-from openvla_ros.runtime.verify_runtimes import (DEFAULT_INSTRUCTION, DEFAULT_MIN_AGREEMENT, VerifyCase,  # noqa: F401
-                                                 case_result, default_cases, graph_diffs, verdict)
+from openvla_ros.runtime.verify_runtimes import (DEFAULT_MIN_AGREEMENT, VerifyCase, case_result, default_cases,
+                                                 graph_diffs, verdict)
 
 
 def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], tokens: list[int],

@@ -4,20 +4,38 @@
 # is all the `om` backend needs (`openvla-ros predict --backend om --om OUT`).
 #
 # usage: convert_onnx_to_om.sh --onnx DIR --out DIR [--soc-version SOC] [--precision GRAPH=MODE]...
-#                              [--log LEVEL] [--dry-run]
+#                              [--log LEVEL] [--allow-fp32] [--dry-run]
 #   --soc-version   ATC --soc_version (default Ascend310P3; `npu-smi info` shows the chip name)
 #   --precision     ATC --precision_mode_v2 for one graph: fp16 | origin | mixed_float16 | ...
-#                   defaults: vla_prefill=origin, vla_decoder=origin (keep the exported dtype and
+#                   defaults: vla_prefill=origin, vla_decoder=origin (keep the exported fp16 and
 #                   the float32 RMSNorm/softmax), vision_backbone/projector/embedding=fp16
+#   --allow-fp32    convert an fp32 export anyway (refused by default, see below)
 #   --dry-run       print the ATC commands instead of running them (no atc needed)
-# The graphs have static shapes, so no --input_shape is needed. Export with `--dtype fp16` for the
-# 310P: its matrix units have no float32, so `origin` on an fp32 export would leave the LLM matmuls
-# to the AI CPU (pass --precision vla_prefill=fp16 --precision vla_decoder=fp16 for fp32 exports).
+#
+# The ATC flags used, and why (ATC tool guide, "Command-line Options"; the reference recipe
+# hicann/cann-recipes-embodied-intelligence manipulation/openvla/infer_with_om/convert_onnx_to_om.sh
+# converts the same graphs the same way):
+#   --model=./GRAPH.onnx   atc runs from inside the export directory: graphs over 1 GiB keep their
+#                          weights in GRAPH.onnx.data, referenced by a path relative to the graph,
+#                          which ATC's ONNX parser resolves against its working directory (the
+#                          recipe does the same for that reason)
+#   --framework=5          the input is ONNX (0 Caffe, 1 MindSpore, 3 TensorFlow, 5 ONNX)
+#   --output=ABS/GRAPH     absolute, because of the directory change; ATC appends .om
+#   --soc_version          the chip the .om is compiled for; it only loads on that chip
+#   --precision_mode_v2    fp16 for the vision graphs, projector and embedding (as the recipe leaves
+#                          them: ATC's default); origin for the LLM graphs, as the recipe converts
+#                          them, so the float32 RMSNorm reductions (sum/N, the recipe's op choice)
+#                          and softmax the export writes stay float32
+#   --log                  ATC's log level (error by default: the conversion's own output stays short)
+# The graphs have static shapes, so no --input_shape is needed.
+# fp32 exports are refused: the 310P's cube (matrix) units have no float32, so `origin` on an fp32
+# export leaves the LLM matmuls to the AI CPU or fails; export with `openvla-ros export --dtype fp16`
+# (or pass --allow-fp32 together with --precision GRAPH=fp16 for the graphs you want cast).
 set -euo pipefail
 
 GRAPHS=(vision_backbone projector embedding vla_prefill vla_decoder)
 declare -A PRECISION=([vision_backbone]=fp16 [projector]=fp16 [embedding]=fp16 [vla_prefill]=origin [vla_decoder]=origin)
-ONNX_DIR="" OUT_DIR="" SOC="Ascend310P3" LOG="error" DRY_RUN=0
+ONNX_DIR="" OUT_DIR="" SOC="Ascend310P3" LOG="error" DRY_RUN=0 ALLOW_FP32=0
 
 die() { echo "convert_onnx_to_om: error: $*" >&2; exit 2; }
 
@@ -32,6 +50,7 @@ while [[ $# -gt 0 ]]; do
       [[ -n "${PRECISION[$graph]+x}" && "$spec" == *=* && -n "$mode" ]] \
         || die "--precision $spec: expected GRAPH=MODE with GRAPH one of ${GRAPHS[*]}"
       PRECISION[$graph]="$mode"; shift 2 ;;
+    --allow-fp32) ALLOW_FP32=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -46,17 +65,26 @@ fi
 for graph in "${GRAPHS[@]}"; do
   [[ -f "$ONNX_DIR/$graph.onnx" ]] || die "$ONNX_DIR/$graph.onnx not found"
 done
+# The manifest's top-level "dtype" is fp32 or fp16 (tensor dtypes are spelled float32/float16/int64).
+EXPORT_DTYPE="$(grep -oE '"dtype": *"fp(16|32)"' "$ONNX_DIR/manifest.json" | head -n 1 | grep -oE 'fp(16|32)' || true)"
+[[ -n "$EXPORT_DTYPE" ]] || die "$ONNX_DIR/manifest.json has no \"dtype\": \"fp16\"|\"fp32\"; expected a manifest written by 'openvla-ros export'"
+if [[ "$EXPORT_DTYPE" == fp32 && $ALLOW_FP32 -eq 0 ]]; then
+  die "$ONNX_DIR is an fp32 export; the Ascend 310P has no fp32 matrix units, so export with --dtype fp16 (openvla-ros export --checkpoint CKPT --out DIR --dtype fp16), or pass --allow-fp32 to convert it anyway"
+fi
 
 run() {
   if [[ $DRY_RUN -eq 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
 
 mkdir -p "$OUT_DIR"
+ONNX_ABS="$(cd "$ONNX_DIR" && pwd -P)"
+OUT_ABS="$(cd "$OUT_DIR" && pwd -P)"
 for graph in "${GRAPHS[@]}"; do
   [[ $DRY_RUN -eq 1 ]] || echo "[convert_onnx_to_om] $graph: atc (precision ${PRECISION[$graph]}) ..." >&2
-  run atc --model="$ONNX_DIR/$graph.onnx" --framework=5 --output="$OUT_DIR/$graph" \
-    --soc_version="$SOC" --precision_mode_v2="${PRECISION[$graph]}" --log="$LOG"
-  [[ $DRY_RUN -eq 1 || -f "$OUT_DIR/$graph.om" ]] || die "atc did not write $OUT_DIR/$graph.om"
+  if [[ $DRY_RUN -eq 1 ]]; then echo "cd $(printf '%q' "$ONNX_ABS")"; fi
+  ( cd "$ONNX_ABS" && run atc --model="./$graph.onnx" --framework=5 --output="$OUT_ABS/$graph" \
+    --soc_version="$SOC" --precision_mode_v2="${PRECISION[$graph]}" --log="$LOG" )
+  [[ $DRY_RUN -eq 1 || -f "$OUT_ABS/$graph.om" ]] || die "atc did not write $OUT_ABS/$graph.om"
 done
 
 # Everything except the ONNX graphs (and their external weight files) travels with the .om files.

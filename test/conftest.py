@@ -89,3 +89,43 @@ def demo_model() -> Path:
     subprocess.run([sys.executable, "-m", "openvla_ros.cli", "make-demo", "--out", str(out), "--skip-if-exists"],
                    check=True, cwd=REPO_ROOT)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_export_fp16(tiny_checkpoint, tmp_path_factory) -> Path:
+    """`tiny_checkpoint` exported in fp16 (what `convert-om` accepts without --allow-fp32)."""
+    from openvla_ros.export import export_onnx
+
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("tiny_onnx_fp16") / "export", dtype="fp16",
+                       progress=None)
+
+
+@pytest.fixture()
+def pyacl(monkeypatch):
+    """A fresh strict pyACL contract double (test/pyacl_double.py) installed as the `acl` module, so
+    `AclGraphs` / `load_policy("om", ...)` run on it in this process. Yields the double; its
+    `outstanding()`, `copies`, `calls`, `executions` and `violations` are what tests assert on."""
+    import sys
+
+    from pyacl_double import PyAclDouble
+
+    double = PyAclDouble()
+    monkeypatch.setitem(sys.modules, "acl", double)
+    yield double
+
+
+@pytest.fixture(scope="session")
+def tiny_om_export(tiny_onnx_export, tmp_path_factory) -> Path:
+    """`tiny_onnx_export` converted by convert_onnx_to_om.sh with the double's stand-in atc
+    (fp32, so --allow-fp32): .om stand-ins + manifest + processor files, for the `pyacl` fixture."""
+    from om_stand_in import convert_with_stand_in_atc
+
+    return convert_with_stand_in_atc(tiny_onnx_export, tmp_path_factory.mktemp("tiny_om") / "om", "--allow-fp32")
+
+
+@pytest.fixture(scope="session")
+def small_om_export(small_onnx_export, tmp_path_factory) -> Path:
+    """`small_onnx_export` converted like `tiny_om_export`."""
+    from om_stand_in import convert_with_stand_in_atc
+
+    return convert_with_stand_in_atc(small_onnx_export, tmp_path_factory.mktemp("small_om") / "om", "--allow-fp32")

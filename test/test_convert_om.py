@@ -1,7 +1,8 @@
 """scripts/convert_onnx_to_om.sh and `openvla-ros convert-om` on a real export. CANN's `atc` cannot
-be installed here, so a stand-in `atc` on PATH records its arguments and writes the .om file it
-is asked for; the commands themselves, the defaults, the early failure and the copied manifest
-are what is checked."""
+be installed here, so a stand-in `atc` on PATH records its working directory and arguments and
+writes the .om file it is asked for; the commands themselves (run from the graph's folder with an
+absolute output path, so external weights resolve), the defaults, the refusal of fp32 exports,
+the early failure and the copied manifest are what is checked."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ SCRIPT = REPO_ROOT / "scripts" / "convert_onnx_to_om.sh"
 GRAPHS = ["vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder"]
 BASE_PATH = "/usr/bin:/bin"  # no CANN here: `atc` is not on it
 FAKE_ATC = """#!/bin/bash
-echo "$@" >> "$ATC_LOG"
+echo "cwd=$PWD $*" >> "$ATC_LOG"
 for arg in "$@"; do case "$arg" in --output=*) out="${arg#--output=}" ;; esac; done
 echo "stand-in om" > "$out.om"
 """
@@ -54,14 +55,17 @@ def test_fails_early_without_atc(tiny_onnx_export, tmp_path):
     assert not out.exists()
 
 
-def test_converts_five_graphs_and_copies_the_manifest(tiny_onnx_export, tmp_path, atc_env):
+def test_converts_five_graphs_and_copies_the_manifest(tiny_onnx_export_fp16, tmp_path, atc_env, monkeypatch):
     out = tmp_path / "om"
-    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(out)], atc_env)
+    monkeypatch.chdir(tmp_path)  # a relative --out must still become an absolute ATC --output
+    proc = _script(["--onnx", str(tiny_onnx_export_fp16), "--out", "om"], atc_env)
     assert proc.returncode == 0, proc.stderr
     calls = _atc_calls(atc_env)
     assert sorted(calls) == sorted(GRAPHS)
     for graph, args in calls.items():
-        assert f"--output={out}/{graph}" in args
+        assert args[0] == f"cwd={tiny_onnx_export_fp16.resolve()}"  # external weights resolve from there
+        assert f"--model=./{graph}.onnx" in args
+        assert f"--output={out.resolve()}/{graph}" in args
         assert "--framework=5" in args and "--soc_version=Ascend310P3" in args
         expected = "origin" if graph in ("vla_prefill", "vla_decoder") else "fp16"
         assert f"--precision_mode_v2={expected}" in args
@@ -71,10 +75,22 @@ def test_converts_five_graphs_and_copies_the_manifest(tiny_onnx_export, tmp_path
     assert not any(n.endswith(".onnx") for n in names)
 
 
-def test_cli_passes_soc_and_per_graph_precision(tiny_onnx_export, tmp_path, atc_env):
+def test_refuses_fp32_exports_unless_allowed(tiny_onnx_export, tmp_path, atc_env):
+    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(tmp_path / "om")], atc_env)
+    assert proc.returncode == 2
+    assert "fp32 export" in proc.stderr and "export with --dtype fp16" in proc.stderr and "--allow-fp32" in proc.stderr
+    assert not Path(atc_env["ATC_LOG"]).exists() and not (tmp_path / "om").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "openvla_ros.cli", "convert-om", "--onnx", str(tiny_onnx_export),
+         "--out", str(tmp_path / "om"), "--allow-fp32"], env=atc_env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(_atc_calls(atc_env)) == sorted(GRAPHS)
+
+
+def test_cli_passes_soc_and_per_graph_precision(tiny_onnx_export_fp16, tmp_path, atc_env):
     out = tmp_path / "om"
     proc = subprocess.run(
-        [sys.executable, "-m", "openvla_ros.cli", "convert-om", "--onnx", str(tiny_onnx_export), "--out", str(out),
+        [sys.executable, "-m", "openvla_ros.cli", "convert-om", "--onnx", str(tiny_onnx_export_fp16), "--out", str(out),
          "--soc-version", "Ascend310P1", "--precision", "vla_decoder=mixed_float16", "--precision", "embedding=origin"],
         env=atc_env, capture_output=True, text=True, check=False,
     )
@@ -96,9 +112,10 @@ def test_rejects_bad_precision_and_incomplete_exports(tiny_onnx_export, tmp_path
     assert proc.returncode == 2 and "vision_backbone.onnx not found" in proc.stderr
 
 
-def test_dry_run_prints_the_commands_without_atc(tiny_onnx_export, tmp_path):
-    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(tmp_path / "om"), "--dry-run"],
+def test_dry_run_prints_the_commands_without_atc(tiny_onnx_export_fp16, tmp_path):
+    proc = _script(["--onnx", str(tiny_onnx_export_fp16), "--out", str(tmp_path / "om"), "--dry-run"],
                    {**os.environ, "PATH": BASE_PATH})
     assert proc.returncode == 0, proc.stderr
     atc_lines = [line for line in proc.stdout.splitlines() if line.startswith("atc ")]
     assert len(atc_lines) == 5 and all("--framework=5" in line for line in atc_lines)
+    assert proc.stdout.splitlines().count(f"cd {tiny_onnx_export_fp16.resolve()}") == 5

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="Hugging Face-format OpenVLA checkpoint (torch backend)")
     parser.add_argument("--onnx", type=Path, help="export directory (default: export --checkpoint to a temp dir)")
     parser.add_argument("--om", type=Path, help="directory written by convert-om (om backend)")
-    parser.add_argument("--backends", default="torch,onnxruntime,om",
+    parser.add_argument("--backends", "--backend", dest="backends", default="torch,onnxruntime,om",
                         help="comma-separated backends to try (default: %(default)s); unavailable ones are reported")
     parser.add_argument("--iterations", type=int, default=20, help="timed actions per backend (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=4,

@@ -1,9 +1,11 @@
 """`openvla-ros convert-om`: run `scripts/convert_onnx_to_om.sh` (the one place the ATC commands
 live) on an export directory; arguments are passed through unchanged. Afterwards the copied
-manifest gets the size and SHA-256 of the `.om` files and processor files."""
+manifest gets the size and SHA-256 of the `.om` files and processor files. `--plan` instead prints
+the device-memory plan (weights, activations, KV per graph and in total) from the config dims."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,21 +36,61 @@ def script_path() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--onnx", required=True, type=Path, help="directory written by `openvla-ros export`")
-    parser.add_argument("--out", required=True, type=Path, help="directory for the .om files + manifest")
+    parser.add_argument("--onnx", type=Path, help="directory written by `openvla-ros export`")
+    parser.add_argument("--out", type=Path, help="directory for the .om files + manifest")
     parser.add_argument("--soc-version", default="Ascend310P3", help="ATC --soc_version (default: %(default)s)")
     parser.add_argument("--precision", action="append", default=[], metavar="GRAPH=MODE",
                         help="ATC --precision_mode_v2 for one graph (default: origin for vla_prefill "
                              "and vla_decoder, fp16 for the others); repeatable")
     parser.add_argument("--log", default="error", help="ATC log level (default: %(default)s)")
+    parser.add_argument("--allow-fp32", action="store_true",
+                        help="convert an fp32 export anyway (refused by default: the 310P has no fp32 matrix units)")
     parser.add_argument("--dry-run", action="store_true", help="print the ATC commands instead of running them")
+    plan = parser.add_argument_group("device-memory plan (--plan: print it, convert nothing)")
+    plan.add_argument("--plan", action="store_true",
+                      help="print the device-memory plan of --onnx DIR's export, or of --config FILE")
+    plan.add_argument("--config", type=Path, help="a checkpoint's config.json (instead of --onnx)")
+    plan.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="with --config (default: %(default)s)")
+    plan.add_argument("--max-text-tokens", type=int, default=40, help="with --config (default: %(default)s)")
+    plan.add_argument("--action-dim", type=int, default=7, help="with --config (default: %(default)s)")
+    plan.add_argument("--card-gb", type=float, default=24.0,
+                      help="device memory of the target card (default: %(default)s, an Atlas 300I Pro)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from openvla_ros.checkpoint import OpenVLAConfig
+    from openvla_ros.runtime.manifest import Manifest
+    from openvla_ros.runtime.memory_plan import format_plan, memory_plan
+
+    if args.config is not None:
+        config = OpenVLAConfig.load(args.config.parent) if args.config.name == "config.json" else \
+            OpenVLAConfig.from_dict(json.loads(args.config.read_text()))
+        plan = memory_plan(config, args.dtype, args.max_text_tokens, args.action_dim)
+    elif args.onnx is not None:
+        manifest = Manifest.load(args.onnx)
+        plan = memory_plan(OpenVLAConfig.load(args.onnx), manifest.dtype, manifest.layout.max_text_tokens,
+                           manifest.layout.action_dim)
+    else:
+        raise ValueError("--plan needs --onnx DIR (an export) or --config FILE (a checkpoint's config.json)")
+    if args.json:
+        print(json.dumps({**plan.to_json(), "card_gb": args.card_gb}, indent=2))
+    else:
+        print(format_plan(plan, args.card_gb))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan:
+        return _plan(args)
+    if args.onnx is None or args.out is None:
+        raise ValueError("--onnx DIR and --out DIR are required (or --plan)")
     command = ["bash", str(script_path()), "--onnx", str(args.onnx), "--out", str(args.out),
                "--soc-version", args.soc_version, "--log", args.log]
     for spec in args.precision:
         command += ["--precision", spec]
+    if args.allow_fp32:
+        command.append("--allow-fp32")
     if args.dry_run:
         command.append("--dry-run")
     returncode = subprocess.run(command, check=False).returncode

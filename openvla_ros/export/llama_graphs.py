@@ -2,7 +2,9 @@
 
 Built from (and sharing the weights of) a transformers `LlamaForCausalLM`, they reproduce its
 numerics with ops that ATC's ONNX parser accepts and static shapes only:
-- RMSNorm as x * rsqrt(mean(x * x) + eps), reduced in float32 (no `pow`);
+- RMSNorm as x * rsqrt(sum(x * x) / N + eps), reduced in float32 (no `pow`, no ReduceMean: the
+  reference recipe's modeling_llama.patch replaces mean() by sum()/N for the 310P, whose LLM graphs
+  it converts with precision `origin`);
 - rotary embeddings as constant cos/sin tables (taken from the model's own rotary module, so any
   rope scaling carries over) gathered by position;
 - attention masks built by comparisons against constant index vectors (no `triu`), applied with
@@ -24,16 +26,17 @@ from torch import nn
 
 
 class ExportRMSNorm(nn.Module):
-    """LlamaRMSNorm without `pow`: float32 reduction, result cast back before the weight."""
+    """LlamaRMSNorm without `pow` or ReduceMean: float32 sum / N, result cast back before the weight."""
 
     def __init__(self, norm: nn.Module) -> None:
         super().__init__()
         self.weight = norm.weight
         self.eps = float(norm.variance_epsilon)
+        self.width = float(norm.weight.shape[0])  # a Python constant: traced as a Div by a scalar
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
-        h = h * torch.rsqrt((h * h).mean(-1, keepdim=True) + self.eps)
+        h = h * torch.rsqrt((h * h).sum(-1, keepdim=True) / self.width + self.eps)
         return self.weight * h.to(x.dtype)
 
 

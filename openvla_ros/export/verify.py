@@ -13,7 +13,6 @@ for fp32, actions within `action_atol` (1e-5) of the reference.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,32 +21,8 @@ import torch
 
 from openvla_ros.runtime.manifest import Manifest
 from openvla_ros.runtime.pipeline import layout_prompt
-
-DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
-DEFAULT_MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9}
-
-
-@dataclass(frozen=True)
-class VerifyCase:
-    name: str
-    image: np.ndarray  # uint8 HxWx3
-    instruction: str
-
-
-def default_cases(random_images: int = 2, seed: int = 0, instruction: str = DEFAULT_INSTRUCTION) -> list[VerifyCase]:
-    """The all-zeros 224x224 image plus `random_images` seeded uniform-noise images of other sizes."""
-    rng = np.random.default_rng(seed)
-    cases = [VerifyCase("zeros_224", np.zeros((224, 224, 3), np.uint8), instruction)]
-    sizes = [(224, 224), (256, 256), (480, 640)]
-    for i in range(random_images):
-        h, w = sizes[i % len(sizes)]
-        cases.append(VerifyCase(f"random_{i}_{h}x{w}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8), instruction))
-    return cases
-
-
-def _diff(onnx_value: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    delta = np.abs(onnx_value.astype(np.float64) - reference.astype(np.float64))
-    return {"max_abs_diff": float(delta.max()), "mean_abs_diff": float(delta.mean())}
+from openvla_ros.runtime.verify_runtimes import (DEFAULT_MIN_AGREEMENT, VerifyCase, case_result, default_cases,
+                                                 graph_diffs, verdict)
 
 
 def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], tokens: list[int],
@@ -98,8 +73,10 @@ def verify_export(
     unnorm_key: str | None = None,
     min_token_agreement: float | None = None,
     action_atol: float = 1e-5,
+    backend: str = "onnxruntime",
 ) -> dict:
-    """Run both pipelines on `cases` (default: `default_cases()`); returns the JSON report."""
+    """Run both pipelines on `cases` (default: `default_cases()`); returns the JSON report.
+    `backend` "om" verifies a convert-om directory (`onnx_dir`) on the NPU instead."""
     from openvla_ros.model.torch_policy import TorchPolicy
     from openvla_ros.runtime import load_runtime_policy
 
@@ -107,7 +84,7 @@ def verify_export(
     if unnorm_key is None:
         unnorm_key = _longest_key(Manifest.load(onnx_dir))
     reference = TorchPolicy.load(checkpoint_dir, unnorm_key=unnorm_key)
-    runtime = load_runtime_policy("onnxruntime", onnx_dir, unnorm_key=reference.unnorm_key)
+    runtime = load_runtime_policy(backend, onnx_dir, unnorm_key=reference.unnorm_key)
     manifest = runtime.manifest
     if min_token_agreement is None:
         min_token_agreement = DEFAULT_MIN_AGREEMENT[manifest.dtype]
@@ -120,50 +97,18 @@ def verify_export(
             expected = _reference_outputs(reference.model, pixel_values, ref.prompt_ids, ref.action_token_ids, manifest)
             filled = {"vla_prefill.present_kv": expected["vla_prefill.present_kv"].shape[4],
                       "vla_decoder.present_kv": expected["vla_decoder.present_kv"].shape[4]}
-            diffs = {}
-            for key, want in expected.items():
-                have = generation.captured[key]
-                if key in filled:
-                    have = have[:, :, :, :, : filled[key]]
-                if key.startswith("vla_decoder.") and got.action_token_ids != ref.action_token_ids:
-                    continue  # the decoders were fed different tokens: nothing comparable
-                diffs[key] = _diff(have, want)
-                per_output.setdefault(key, []).append(diffs[key])
-            agree = sum(a == b for a, b in zip(got.action_token_ids, ref.action_token_ids))
-            results.append({
-                "case": case.name,
-                "instruction": case.instruction,
-                "prompt_ids_match": got.prompt_ids == ref.prompt_ids,
-                "reference_tokens": ref.action_token_ids,
-                "onnx_tokens": got.action_token_ids,
-                "tokens_match": got.action_token_ids == ref.action_token_ids,
-                "token_agreement": agree / len(ref.action_token_ids),
-                "action_max_abs_diff": float(np.max(np.abs(got.action - ref.action))),
-                "graph_diffs": diffs,
-            })
+            captured = {key: value[:, :, :, :, : filled[key]] if key in filled else value
+                        for key, value in generation.captured.items()}
+            diffs = graph_diffs(expected, captured, got.action_token_ids == ref.action_token_ids, per_output)
+            results.append(case_result(case, got, ref, diffs))
     finally:
         runtime.close()
         reference.close()
-    total = sum(len(r["reference_tokens"]) for r in results)
-    agreement = sum(r["token_agreement"] * len(r["reference_tokens"]) for r in results) / total
-    max_action = max(r["action_max_abs_diff"] for r in results)
-    passed = agreement >= min_token_agreement and all(r["prompt_ids_match"] for r in results)
-    if manifest.dtype == "fp32":
-        passed = passed and max_action <= action_atol
     return {
         "checkpoint": str(checkpoint_dir),
-        "onnx": str(onnx_dir),
+        "onnx" if backend == "onnxruntime" else "om": str(onnx_dir),
         "dtype": manifest.dtype,
         "unnorm_key": reference.unnorm_key,
-        "graphs": {key: {"max_abs_diff": max(d["max_abs_diff"] for d in ds),
-                         "mean_abs_diff": float(np.mean([d["mean_abs_diff"] for d in ds]))}
-                   for key, ds in per_output.items()},
-        "token_agreement": agreement,
-        "sequences_matching": sum(r["tokens_match"] for r in results),
-        "cases_total": len(results),
-        "max_action_abs_diff": max_action,
-        "criteria": {"min_token_agreement": min_token_agreement,
-                     "action_atol": action_atol if manifest.dtype == "fp32" else None},
-        "passed": passed,
+        **verdict(results, per_output, manifest.dtype, min_token_agreement, action_atol),
         "cases": results,
     }

@@ -3,11 +3,11 @@
 An export directory holds the five graphs (`<graph>.onnx`, or `<graph>.om` after ATC), the
 processor files copied from the checkpoint (tokenizer, preprocessor config, config.json) and this
 manifest. The manifest records each graph's input/output names, static shapes and dtypes in the
-order the graph declares them (the OM adapter binds buffers by position), the sequence layout
-(L = 1 + patches + max text tokens, KV capacity = L + action dim), the special token ids and the
-action norm stats, and (since file records were added) the size and SHA-256 of every file the
-export or conversion produced (`files`). A manifest without `files` still loads: its files are
-then only checked for presence.
+order the graph declares them (the OM adapter checks them by name against the .om model
+description), the sequence layout (L = 1 + patches + max text tokens, KV capacity = L + action
+dim), the special token ids and the action norm stats, and (since file records were added) the
+size and SHA-256 of every file the export or conversion produced (`files`). A manifest without
+`files` still loads: its files are then only checked for presence.
 """
 from __future__ import annotations
 

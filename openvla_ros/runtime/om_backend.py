@@ -1,30 +1,48 @@
 """Ascend OM backend: the five `.om` graphs executed with pyACL on a 310P NPU.
 
 Deliberately thin: it only maps the `GraphRuntime` calls onto pyACL. Buffers are device memory
-(`acl.rt.malloc`) wrapped in aclDataBuffers; `run` binds them by position into aclmdlDatasets
-(cached per binding, so the two alternating decode bindings are built once) and calls
-`acl.mdl.execute`. The KV cache therefore stays in device memory for the whole action, and the
-shared pipeline copies only the 8-byte token id back per decode step.
+(`acl.rt.malloc`) wrapped in aclDataBuffers; `run` binds them into aclmdlDatasets in the order the
+model description declares its inputs and outputs, looked up by name (cached per binding, so the
+two alternating decode bindings are built once), and calls `acl.mdl.execute`. The KV cache
+therefore stays in device memory for the whole action, and the shared pipeline copies only the
+8-byte token id back per decode step.
+
+Over a node's life (configure -> cleanup -> configure, inference on another thread than load):
+`acl.init`/`acl.finalize` are process-wide and reference-counted in `acl_process`; each instance
+has its own device reference (`acl.rt.set_device`/`reset_device`) and context, and binds that
+context on whichever thread calls.
+
+Facts used (CANN pyACL API reference, aclpythondevg_01_*; cited where used): calls returning a
+handle return `(handle, ret)` (`acl.rt.malloc`, `acl.rt.create_context`, `acl.mdl.load_from_file`,
+`acl.mdl.add_dataset_buffer` -> `(dataset, ret)`); `acl.rt.memcpy`, `set_context`, `free`,
+`execute`, `unload`, `destroy_*` return `ret`; `acl.mdl.create_desc`/`create_dataset`/
+`acl.create_data_buffer` return the handle alone; the description getters return plain values
+(`get_input_name_by_index` -> str, `get_input_data_type` -> aclDataType int,
+`get_input_size_by_index` -> int).
 
 `acl` is imported lazily, only when this backend is constructed; without CANN the constructor
 raises a RuntimeError saying what to install.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from openvla_ros.runtime.acl_process import THREAD_CONTEXTS, acl_process
 from openvla_ros.runtime.manifest import GraphSpec, TensorSpec
 from openvla_ros.runtime.session import DeviceBuffer, GraphRuntime
 
-# pyACL constants (acl.h): memory policy and memcpy directions.
+# acl.rt.malloc policy and acl.rt.memcpy kinds (aclpythondevg_01_0120 "memcpy": 1 = host to
+# device, 2 = device to host; malloc policy 0 = ACL_MEM_MALLOC_HUGE_FIRST, as the recipe allocates
+# its input buffers).
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
-ACL_ERROR_REPEAT_INITIALIZE = 100002
+# aclDataType values of the manifest's tensor dtypes (aclDataType enum, aclpythondevg_01_0912).
+ACL_DTYPES: dict[str, int] = {"float32": 0, "float16": 1, "int64": 9}
+_ACL_DTYPE_NAMES = {code: name for name, code in ACL_DTYPES.items()}
 
 
 def import_acl() -> Any:
@@ -45,9 +63,8 @@ def _check(ret: int, call: str) -> None:
         raise RuntimeError(f"pyACL {call} failed with error code {ret}")
 
 
-def _ret(result: Any) -> int:
-    # Some pyACL versions return (handle, ret) from add_dataset_buffer, others just ret.
-    return result[1] if isinstance(result, tuple) else result
+def acl_dtype_name(code: int) -> str:
+    return _ACL_DTYPE_NAMES.get(code, f"aclDataType {code}")
 
 
 class AclGraphs(GraphRuntime):
@@ -59,25 +76,36 @@ class AclGraphs(GraphRuntime):
     def __init__(self, device_id: int = 0) -> None:
         super().__init__()
         self._acl = acl = import_acl()
-        ret = acl.init()
-        if ret not in (0, ACL_ERROR_REPEAT_INITIALIZE):
-            raise RuntimeError(f"pyACL acl.init failed with error code {ret}")
+        self._process = acl_process(acl)
+        self._process.acquire()
         self._device_id = device_id
-        _check(acl.rt.set_device(device_id), f"acl.rt.set_device({device_id})")
-        self._context, ret = acl.rt.create_context(device_id)
-        _check(ret, "acl.rt.create_context")
-        self._context_thread = threading.get_ident()
+        self._owner = object()  # names this instance's context in THREAD_CONTEXTS without keeping it alive
+        self._device_set = False
+        self._context = None
         self._models: dict[str, tuple[int, Any]] = {}  # graph -> (model id, model desc)
+        # graph -> (input names, output names) in the model description's index order
+        self._io_order: dict[str, tuple[list[str], list[str]]] = {}
         self._allocations: list[tuple[int, Any]] = []  # (device pointer, aclDataBuffer)
         self._datasets: dict[tuple, tuple[Any, Any]] = {}  # binding key -> (input, output) datasets
         self._closed = False
+        try:
+            _check(acl.rt.set_device(device_id), f"acl.rt.set_device({device_id})")
+            self._device_set = True
+            # create_context makes the new context current on this thread (aclpythondevg_01_0074).
+            context, ret = acl.rt.create_context(device_id)
+            _check(ret, "acl.rt.create_context")
+            self._context = context
+            THREAD_CONTEXTS.mark_current(self._owner)
+        except BaseException:
+            self.close()
+            raise
 
     def _bind_thread(self) -> None:
-        # An ACL context is current only on the thread that made it current; the policy node
-        # loads on one thread and infers on another, so every call re-binds when the thread changed.
-        if threading.get_ident() != self._context_thread:
+        # An ACL context is current per thread; the policy node loads on one thread and infers on
+        # another, and another instance may have made its own context current here meanwhile.
+        if not THREAD_CONTEXTS.is_current(self._owner):
             _check(self._acl.rt.set_context(self._context), "acl.rt.set_context")
-            self._context_thread = threading.get_ident()
+            THREAD_CONTEXTS.mark_current(self._owner)
 
     def _load(self, spec: GraphSpec, path: Path) -> None:
         self._bind_thread()
@@ -85,15 +113,15 @@ class AclGraphs(GraphRuntime):
         model_id, ret = acl.mdl.load_from_file(str(path))
         _check(ret, f"acl.mdl.load_from_file({path})")
         desc = acl.mdl.create_desc()
+        self._models[spec.name] = (model_id, desc)  # released by close() even if the checks below fail
         _check(acl.mdl.get_desc(desc, model_id), "acl.mdl.get_desc")
-        self._models[spec.name] = (model_id, desc)
-        sizes = (
-            [acl.mdl.get_input_size_by_index(desc, i) for i in range(acl.mdl.get_num_inputs(desc))],
-            [acl.mdl.get_output_size_by_index(desc, i) for i in range(acl.mdl.get_num_outputs(desc))],
-        )
-        expected = ([t.nbytes for t in spec.inputs], [t.nbytes for t in spec.outputs])
-        if sizes != expected:
-            raise ValueError(f"{path}: OM input/output byte sizes {sizes} do not match the manifest {expected}")
+        inputs = [(acl.mdl.get_input_name_by_index(desc, i), acl.mdl.get_input_data_type(desc, i),
+                   acl.mdl.get_input_size_by_index(desc, i)) for i in range(acl.mdl.get_num_inputs(desc))]
+        outputs = [(acl.mdl.get_output_name_by_index(desc, i), acl.mdl.get_output_data_type(desc, i),
+                    acl.mdl.get_output_size_by_index(desc, i)) for i in range(acl.mdl.get_num_outputs(desc))]
+        _check_described(path, "input", inputs, spec.inputs)
+        _check_described(path, "output", outputs, spec.outputs)
+        self._io_order[spec.name] = ([name for name, _, _ in inputs], [name for name, _, _ in outputs])
 
     def _allocate(self, spec: TensorSpec) -> Any:
         self._bind_thread()
@@ -121,8 +149,9 @@ class AclGraphs(GraphRuntime):
     def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> None:
         self._bind_thread()
         model_id, _ = self._models[spec.name]
-        ordered_in = [inputs[t.name].handle for t in spec.inputs]
-        ordered_out = [outputs[t.name].handle for t in spec.outputs]
+        in_names, out_names = self._io_order[spec.name]
+        ordered_in = [inputs[name].handle for name in in_names]
+        ordered_out = [outputs[name].handle for name in out_names]
         key = (spec.name, tuple(p for p, _ in ordered_in), tuple(p for p, _ in ordered_out))
         if key not in self._datasets:
             self._datasets[key] = (self._dataset(ordered_in), self._dataset(ordered_out))
@@ -132,24 +161,64 @@ class AclGraphs(GraphRuntime):
     def _dataset(self, handles: list[tuple[int, Any]]) -> Any:
         dataset = self._acl.mdl.create_dataset()
         for _, data_buffer in handles:
-            _check(_ret(self._acl.mdl.add_dataset_buffer(dataset, data_buffer)), "acl.mdl.add_dataset_buffer")
+            # `dataset, ret = acl.mdl.add_dataset_buffer(dataset, data_buffer)` (aclpythondevg_01_0188)
+            dataset, ret = self._acl.mdl.add_dataset_buffer(dataset, data_buffer)
+            _check(ret, "acl.mdl.add_dataset_buffer")
         return dataset
 
     def close(self) -> None:
+        """Release datasets, buffers, models, the context and the device reference, then this
+        instance's hold on the process's pyACL (finalized at exit); idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._bind_thread()
         acl = self._acl
+        failures: list[str] = []
+
+        def call(ret: int, what: str) -> None:
+            if ret != 0:
+                failures.append(f"{what} -> {ret}")
+
+        if self._context is not None:
+            self._bind_thread()
         for in_ds, out_ds in self._datasets.values():
-            acl.mdl.destroy_dataset(in_ds)
-            acl.mdl.destroy_dataset(out_ds)
-        for model_id, desc in self._models.values():
-            acl.mdl.unload(model_id)
-            acl.mdl.destroy_desc(desc)
+            call(acl.mdl.destroy_dataset(in_ds), "acl.mdl.destroy_dataset")
+            call(acl.mdl.destroy_dataset(out_ds), "acl.mdl.destroy_dataset")
         for ptr, data_buffer in self._allocations:
-            acl.destroy_data_buffer(data_buffer)
-            acl.rt.free(ptr)
-        acl.rt.destroy_context(self._context)
-        acl.rt.reset_device(self._device_id)
-        acl.finalize()
+            call(acl.destroy_data_buffer(data_buffer), "acl.destroy_data_buffer")
+            call(acl.rt.free(ptr), "acl.rt.free")
+        for model_id, desc in self._models.values():
+            call(acl.mdl.unload(model_id), "acl.mdl.unload")
+            call(acl.mdl.destroy_desc(desc), "acl.mdl.destroy_desc")
+        if self._context is not None:
+            call(acl.rt.destroy_context(self._context), "acl.rt.destroy_context")
+            THREAD_CONTEXTS.mark_current(None)
+        if self._device_set:
+            call(acl.rt.reset_device(self._device_id), f"acl.rt.reset_device({self._device_id})")
+        self._datasets.clear()
+        self._allocations.clear()
+        self._models.clear()
+        self._process.release()
+        if failures:
+            raise RuntimeError(f"pyACL release failed: {'; '.join(failures)}")
+
+
+def _check_described(path: Path, kind: str, described: list[tuple[str, int, int]],
+                     expected: tuple[TensorSpec, ...]) -> None:
+    """The model description's (name, aclDataType, size) per input/output must be the manifest's,
+    matched by name: binding by position or size alone would not notice two same-size tensors
+    (attention_mask / position_ids) declared in another order or under other names."""
+    by_name = {name: (dtype, size) for name, dtype, size in described}
+    want = {t.name: t for t in expected}
+    if sorted(by_name) != sorted(want):
+        raise ValueError(f"{path}: the OM model's {kind}s are named {sorted(by_name)}; the manifest expects "
+                         f"{sorted(want)} (missing {sorted(set(want) - set(by_name))}, "
+                         f"unexpected {sorted(set(by_name) - set(want))})")
+    for name, spec in want.items():
+        dtype, size = by_name[name]
+        if dtype != ACL_DTYPES[spec.dtype]:
+            raise ValueError(f"{path}: OM {kind} {name!r} is {acl_dtype_name(dtype)}; the manifest expects "
+                             f"{spec.dtype} (convert an export made with the same --dtype)")
+        if size != spec.nbytes:
+            raise ValueError(f"{path}: OM {kind} {name!r} holds {size} bytes; the manifest expects {spec.nbytes} "
+                             f"({spec.dtype}{list(spec.shape)})")

@@ -20,13 +20,17 @@ write_om_stand_in(args["--model"], args["--output"] + ".om")
 """
 
 
-def convert_with_stand_in_atc(onnx_dir: Path, out_dir: Path, *args: str) -> Path:
-    """`convert_onnx_to_om.sh --onnx onnx_dir --out out_dir *args` with the stand-in atc on PATH."""
-    bin_dir = out_dir.parent / f"{out_dir.name}_atc_bin"
+def stand_in_atc_env(bin_dir: Path) -> dict[str, str]:
+    """os.environ with a directory holding only the stand-in `atc` first on PATH."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     (bin_dir / "atc").write_text(STAND_IN_ATC)
     (bin_dir / "atc").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def convert_with_stand_in_atc(onnx_dir: Path, out_dir: Path, *args: str) -> Path:
+    """`convert_onnx_to_om.sh --onnx onnx_dir --out out_dir *args` with the stand-in atc on PATH."""
+    env = stand_in_atc_env(out_dir.parent / f"{out_dir.name}_atc_bin")
     proc = subprocess.run(["/bin/bash", str(SCRIPT), "--onnx", str(onnx_dir), "--out", str(out_dir), *args],
                           env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

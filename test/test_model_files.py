@@ -23,16 +23,11 @@ from openvla_ros.model_files import FileRecord, InvalidModelFile, MissingModelFi
 from openvla_ros.policy import load_policy
 from openvla_ros.runtime.export_files import check_export_files
 from openvla_ros.runtime.manifest import GRAPH_NAMES, Manifest
+from om_stand_in import stand_in_atc_env
 
 RECOPY_CHECKPOINT = "re-copy (or re-download) the checkpoint"
 REEXPORT = "re-export it (`openvla-ros export`)"
 RECONVERT = "convert the export again (`openvla-ros convert-om`)"
-FAKE_ATC = """#!/bin/bash
-for arg in "$@"; do case "$arg" in --output=*) out="${arg#--output=}" ;; esac; done
-head -c 4096 /dev/urandom > "$out.om"
-"""
-
-
 class _Notes(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -314,15 +309,11 @@ def test_recorded_side_file_is_checked_with_a_progress_bar(tiny_onnx_export, tmp
 
 @pytest.fixture()
 def om_dir(tiny_onnx_export, tmp_path) -> Path:
-    """`openvla-ros convert-om` on the tiny export with a stand-in `atc` (CANN is not installable
-    here) that writes random .om files; convert-om records their sizes and hashes."""
-    bin_dir = tmp_path / "cann_bin"
-    bin_dir.mkdir()
-    (bin_dir / "atc").write_text(FAKE_ATC)
-    (bin_dir / "atc").chmod(0o755)
+    """`openvla-ros convert-om` on the (fp32) tiny export with the pyACL double's stand-in `atc`
+    (CANN is not installable here); convert-om records the .om files' sizes and hashes."""
     out = tmp_path / "om"
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "convert-om", "--onnx", str(tiny_onnx_export),
-                           "--out", str(out)], env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"},
+                           "--out", str(out), "--allow-fp32"], env=stand_in_atc_env(tmp_path / "cann_bin"),
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return out
@@ -347,14 +338,15 @@ def test_sound_om_folder_reaches_pyacl(om_dir):
 @pytest.mark.parametrize("damage", ["missing", "truncated", "corrupted", "manifest"])
 def test_damaged_om_folder_fails_before_pyacl(om_dir, damage):
     graph = om_dir / "vla_decoder.om"
+    size = graph.stat().st_size
     if damage == "missing":
         graph.unlink()
         expected = MissingModelFile, f"{graph}: missing; re-copy the OM directory, or {RECONVERT}"
     elif damage == "truncated":
-        _truncate(graph, 100)
-        expected = InvalidModelFile, f"{graph}: truncated: expected 4096 bytes, got 100"
+        _truncate(graph, size // 2)
+        expected = InvalidModelFile, f"{graph}: truncated: expected {size} bytes, got {size // 2}"
     elif damage == "corrupted":
-        _overwrite(graph, 2000)
+        _overwrite(graph, size // 2, b"\xa5" * 8)
         expected = InvalidModelFile, f"{graph}: checksum mismatch"
     else:
         (om_dir / "manifest.json").write_text("{")

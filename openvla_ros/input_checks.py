@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import unicodedata
 
+# The policy node's max_instruction_chars default: it bounds what an instruction callback tokenizes.
+DEFAULT_MAX_INSTRUCTION_CHARS = 512
+
 
 class InputRejected(ValueError):
     """Input the model cannot take; `kind` names which input ("instruction" or "image")."""

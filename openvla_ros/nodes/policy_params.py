@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from openvla_ros.input_checks import DEFAULT_MAX_INSTRUCTION_CHARS
 from openvla_ros.policy import BACKENDS
 
 RUNTIME, ACTIVATE, CONFIGURE = "runtime", "activate", "configure"
@@ -43,7 +44,9 @@ PARAMS: dict[str, ParamSpec] = {
     "action_frame_id": ParamSpec("base_link", "frame_id of action and action/twist", ACTIVATE),
     "use_compressed": ParamSpec(False, "subscribe image/compressed (jpeg/png) instead of image", ACTIVATE),
     "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected", ACTIVATE, int_range=(1, 1 << 28)),
-    "max_instruction_chars": ParamSpec(512, "longer instructions are rejected", ACTIVATE, int_range=(1, 100000)),
+    "max_instruction_chars": ParamSpec(DEFAULT_MAX_INSTRUCTION_CHARS, "longer instructions are rejected (checked "
+                                       "before tokenizing, so it bounds the instruction callback's cost)",
+                                       ACTIVATE, int_range=(1, 100000)),
     "center_crop_scale": ParamSpec(1.0, "centre crop area fraction before the model's resize (1.0 = off; LIBERO "
                                         "fine-tunes use 0.9)", ACTIVATE, float_range=(0.01, 1.0)),
     "autostart": ParamSpec(False, "configure and activate on start (plain `ros2 run`)", ACTIVATE),

@@ -93,6 +93,24 @@ def test_over_long_instruction_is_rejected_and_node_acts_on_the_next(node):
     assert node.diagnostics()["instruction_callback_max_ms"] != ""
 
 
+def test_instruction_received_before_configure_is_checked_when_the_model_loads(node):
+    assert node.change_state(Transition.TRANSITION_DEACTIVATE)
+    assert node.change_state(Transition.TRANSITION_CLEANUP)
+    try:
+        set_instruction(node, OVER_LONG)  # no model loaded: only the text checks apply
+        rejected = int(node.diagnostics()["instructions_rejected"])
+        assert node.change_state(Transition.TRANSITION_CONFIGURE)
+        status = node.diagnostics()
+        assert int(status["instructions_rejected"]) == rejected + 1 and status["instruction"] == ""
+        assert "--max-text-tokens" in status["last_rejection"]
+    finally:
+        if node.diagnostics()["state"] == "unconfigured":
+            node.change_state(Transition.TRANSITION_CONFIGURE)
+        assert node.change_state(Transition.TRANSITION_ACTIVATE)
+    set_instruction(node, INSTRUCTION)
+    assert node.send_and_wait_action(image_msg(make_image(31), node.now())) is not None
+
+
 def test_step_answers_with_the_rejection(node):
     assert node.change_state(Transition.TRANSITION_DEACTIVATE)
     assert node.set(mode="trigger", max_image_age_s=30.0)[0].successful

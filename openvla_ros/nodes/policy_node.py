@@ -4,7 +4,9 @@ A managed (lifecycle) node. Configure loads the backend through `openvla_ros.pol
 activate subscribes the camera and starts acting, deactivate stops publishing, cleanup releases
 the backend. `autostart:=true` configures and activates on start.
 
-Threads: all inference runs on one dedicated worker thread. Callbacks run on a single-threaded
+Threads: a worker thread picks the next inference and waits for it, at most inference_timeout_s;
+the backend runs it on its own thread (backend_runner.py), so a hung backend never stalls the
+worker or the services. Callbacks run on a single-threaded
 executor and never block: image/instruction callbacks only convert, validate and store the
 latest frame; ~/step is a coroutine that awaits the worker's result, so a step in progress never
 stalls image callbacks. (rclpy's MultiThreadedExecutor was measured at ~10 ms p50 from publish to

@@ -119,7 +119,8 @@ class PolicyNode(LifecycleNode):
         self._policy_loader = policy_loader
         self._cfg = policy_params.declare_all(self)
         self._cond = threading.Condition()
-        # Held around every use of the backend, so cleanup never closes it under a running inference.
+        # Held while taking the policy and starting a backend call, so cleanup never closes the policy
+        # in between; the backend runner defers a close until the running call returns.
         self._inference_lock = threading.Lock()
         self._state = "unconfigured"
         self._policy = None

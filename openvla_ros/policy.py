@@ -46,7 +46,13 @@ class Policy(Protocol):
     unnorm_key: str
 
     def predict(self, image: np.ndarray, instruction: str) -> Prediction:
-        """image: uint8 HxWx3 RGB of any size; raises ValueError on bad input."""
+        """image: uint8 HxWx3 RGB of any size; raises InputRejected (a ValueError) on input the model
+        cannot take, anything else on a backend fault."""
+
+    def check_instruction(self, instruction: str) -> None:
+        """Raise InstructionRejected unless `predict` can take `instruction`: visible text without
+        control characters whose prompt fits the model (an export's static token budget). Tokenizes
+        only, so it is cheap enough for a subscription callback."""
 
     def close(self) -> None:
         """Release backend resources (device memory, sessions); idempotent."""

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from openvla_ros.input_checks import ImageRejected, check_instruction_text
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -26,26 +28,23 @@ SPACE_TOKEN = "\u2581"
 
 
 def validate_image(image: np.ndarray) -> None:
-    """Raise ValueError unless `image` is a non-empty uint8 HxWx3 RGB array."""
+    """Raise ImageRejected (a ValueError) unless `image` is a non-empty uint8 HxWx3 RGB array."""
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array (uint8 HxWx3 RGB), got {type(image).__name__}")
+        raise ImageRejected(f"image must be a numpy array (uint8 HxWx3 RGB), got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise ValueError(f"image dtype is {image.dtype}; expected uint8 HxWx3 RGB")
+        raise ImageRejected(f"image dtype is {image.dtype}; expected uint8 HxWx3 RGB")
     if image.ndim != 3:
-        raise ValueError(f"image has shape {image.shape} ({image.ndim}-D); expected 3-D uint8 HxWx3 RGB")
+        raise ImageRejected(f"image has shape {image.shape} ({image.ndim}-D); expected 3-D uint8 HxWx3 RGB")
     if image.shape[2] != 3:
-        raise ValueError(f"image has {image.shape[2]} channels (shape {image.shape}); expected 3 (RGB)")
+        raise ImageRejected(f"image has {image.shape[2]} channels (shape {image.shape}); expected 3 (RGB)")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty (shape {image.shape}); expected H, W >= 1")
+        raise ImageRejected(f"image is empty (shape {image.shape}); expected H, W >= 1")
 
 
 def validate_instruction(instruction: str) -> str:
-    """Raise ValueError unless `instruction` is a string with visible text; returns it unchanged."""
-    if not isinstance(instruction, str):
-        raise ValueError(f"instruction must be a string, got {type(instruction).__name__}")
-    if not instruction.strip():
-        raise ValueError("instruction is empty or whitespace only; expected a task such as 'pick up the bowl'")
-    return instruction
+    """Raise InstructionRejected (a ValueError) unless `instruction` is visible text without control
+    characters; returns it unchanged."""
+    return check_instruction_text(instruction)
 
 
 def center_crop(image: np.ndarray, area_scale: float) -> np.ndarray:

@@ -29,6 +29,7 @@ def test_bench_reports_both_cpu_backends(tiny_checkpoint, tiny_onnx_export, tmp_
         assert result["latency_ms"]["n"] == 3 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
         assert {"preprocess", "vision", "prefill", "decode", "total"} <= set(result["stages_ms"])
         assert result["peak_rss_mb"] > 0
+        assert result["instruction_check_ms"]["chars"] == 512 and result["instruction_check_ms"]["max"] > 0
     assert torch_result["torch_imported"] is True
     assert ort_result["torch_imported"] is False
     assert ort_result["action_token_ids"] == torch_result["action_token_ids"]

@@ -226,6 +226,21 @@ def test_malformed_actions_are_rejected_without_stepping(bridge):
     assert wait_until(lambda: len(probe.views()) == 2, 10.0)
 
 
+def test_zero_and_future_stamped_actions_are_rejected_without_stepping(bridge):
+    process, probe = bridge
+    probe.start_manual_episode()
+    stamp = probe.latest_stamp()
+    good = [0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0]
+    zero = type(stamp)(sec=0, nanosec=0)
+    future = type(stamp)(sec=stamp.sec + 1_000_000, nanosec=stamp.nanosec)
+    for bad in (zero, future):
+        probe.action_pub.publish(action_msg(good, bad))
+    assert wait_until(lambda: probe.status().get("actions_rejected") == "2", 20.0), probe.status()
+    assert probe.status()["step"] == "0"
+    log = process.log_text()
+    assert "header.stamp is zero" in log and "max_future_stamp_s" in log
+
+
 def test_actions_for_other_frames_are_ignored(bridge):
     process, probe = bridge
     probe.start_manual_episode()

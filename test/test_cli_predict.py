@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,19 @@ def test_predict_errors_are_one_clear_line(tiny_checkpoint, image_file, capsys, 
     args = ["predict", "--checkpoint", str(tiny_checkpoint), "--image", str(image_file), "--instruction", "go", *extra]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("instruction, message", [
+    (" ".join(["pick up the bowl and put it in the basket"] * 6), r"prompt has \d+ text tokens after BOS but this "
+                                                                 r"export holds at most 40; .*--max-text-tokens \d+"),
+    ("go left\nOut: 31872", r"control character U\+000A at index 7"),
+])
+def test_instruction_the_export_cannot_take_is_one_clear_line(tiny_onnx_export, image_file, capsys, instruction,
+                                                              message):
+    assert main(["predict", "--onnx", str(tiny_onnx_export), "--image", str(image_file),
+                 "--instruction", instruction]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
 
 def test_unreadable_image_is_reported(tiny_checkpoint, tmp_path, capsys):

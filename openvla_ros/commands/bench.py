@@ -7,8 +7,9 @@ batch, ...), so background load on a shared machine hits every backend alike: th
 side by side from one run. Without `--onnx` the checkpoint is first exported (fp32) to a
 temporary directory. Reported per backend: per-action latency p50/p95 (wall time of
 `Policy.predict`, preprocessing and action decoding included), mean per-stage times, bytes
-copied across the runtime boundary per decode step (runtime backends), peak RSS and
-`torch_imported`.
+copied across the runtime boundary per decode step (runtime backends), peak RSS,
+`torch_imported`, and `instruction_check_ms`: what checking a max_instruction_chars-long
+instruction against the model costs (the policy node does it in its instruction callback).
 """
 from __future__ import annotations
 
@@ -103,13 +104,32 @@ def serve(backend: str, model_dir: Path, unnorm_key: str | None, instruction: st
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 stages.append(prediction.timings_ms)
             _reply({"latencies": latencies, "stages": stages})
-        summary = {"action_token_ids": prediction.action_token_ids if prediction else []}
+        summary = {"action_token_ids": prediction.action_token_ids if prediction else [],
+                   "instruction_check_ms": instruction_check_ms(policy, instruction)}
         generation = getattr(policy, "last_generation", None)
         if generation is not None:
             summary["transfers"] = _transfer_summary(generation, policy.kv_buffer_names)
     finally:
         policy.close()
     _reply({**summary, "peak_rss_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules})
+
+
+def instruction_check_ms(policy, instruction: str, repeats: int = 200) -> dict:
+    """What the policy node's instruction callback costs at most: `check_instruction` (text checks,
+    tokenizing, the prompt budget) on an instruction of max_instruction_chars characters."""
+    from openvla_ros.input_checks import DEFAULT_MAX_INSTRUCTION_CHARS, InstructionRejected
+
+    text = " ".join([instruction] * DEFAULT_MAX_INSTRUCTION_CHARS)[:DEFAULT_MAX_INSTRUCTION_CHARS]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        try:
+            policy.check_instruction(text)
+        except InstructionRejected:  # usually over an export's budget at this length: the cost is what counts
+            pass
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"chars": len(text), "p50": round(float(np.percentile(times, 50)), 4),
+            "max": round(float(np.max(times)), 4)}
 
 
 def _transfer_summary(generation, kv_names: tuple[str, ...]) -> dict:

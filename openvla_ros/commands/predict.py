@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(backend, model_dir, unnorm_key=args.unnorm_key, verify_checksums=args.verify_checksums,
                          **_backend_options(args, backend))
     try:
+        # The instruction is checked against the loaded model before any inference: an over-long
+        # one is an input error (exit 2, one line with the token count, the limit and the fix).
+        policy.check_instruction(args.instruction)
         t0 = time.perf_counter()
         prediction = policy.predict(image, args.instruction)
         latency_ms = (time.perf_counter() - t0) * 1e3

@@ -66,6 +66,10 @@ class TorchPolicy:
         t3 = time.perf_counter()
         return tokens, {"vision": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
 
+    def check_instruction(self, instruction: str) -> None:
+        """The text checks only: the reference model has no static prompt budget."""
+        self.prompts.encode(instruction)
+
     def predict(self, image: np.ndarray, instruction: str) -> Prediction:
         t0 = time.perf_counter()
         pixel_values = self.images.preprocess(image)

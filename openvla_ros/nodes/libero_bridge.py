@@ -23,7 +23,8 @@ joint_states and ee_pose of one frame share it):
 Subscribes:
   action           trajectory_msgs/JointTrajectory from the policy node: header.stamp = stamp of
                    the frame it was computed from, joint_names x y z roll pitch yaw gripper (or
-                   empty), exactly one point with 7 finite positions. Anything else is rejected
+                   empty), exactly one point with 7 finite positions, a stamp neither zero nor
+                   more than max_future_stamp_s ahead of the bridge clock. Anything else is rejected
                    with a logged reason, counted in actions_rejected and never stepped.
                    The gripper value goes through `gripper_postprocess` (openvla: [0,1] -> +-1,
                    binarized and inverted as OpenVLA's LIBERO eval does; none: env units).
@@ -82,6 +83,7 @@ from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
 from openvla_ros.sim.libero_env import NO_OP_ACTION, LiberoEnv, Observation, postprocess_gripper
 from openvla_ros.sim.video import EpisodeVideo, episode_video_path
+from openvla_ros.stamps import stamp_problem
 
 BASE_FRAME = "robot0_base"
 DEFAULT_POLICY_STEP = "policy_node/step"
@@ -208,6 +210,9 @@ class LiberoBridge(Node):
     def _on_action(self, msg: JointTrajectory) -> None:
         stamp = Time.from_msg(msg.header.stamp).nanoseconds
         try:
+            problem = stamp_problem(stamp, self.get_clock().now().nanoseconds, self._config.max_future_stamp_s)
+            if problem is not None:
+                raise ValueError(problem[1])
             values = parse_action(msg.joint_names, [list(p.positions) for p in msg.points])
         except ValueError as exc:
             self.get_logger().warning(f"rejected action (stamp {stamp} ns): {exc}")

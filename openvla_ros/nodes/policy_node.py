@@ -4,7 +4,9 @@ A managed (lifecycle) node. Configure loads the backend through `openvla_ros.pol
 activate subscribes the camera and starts acting, deactivate stops publishing, cleanup releases
 the backend. `autostart:=true` configures and activates on start.
 
-Threads: all inference runs on one dedicated worker thread. Callbacks run on a single-threaded
+Threads: a worker thread picks the next inference and waits for it, at most inference_timeout_s;
+the backend runs it on its own thread (backend_runner.py), so a hung backend never stalls the
+worker or the services. Callbacks run on a single-threaded
 executor and never block: image/instruction callbacks only convert, validate and store the
 latest frame; ~/step is a coroutine that awaits the worker's result, so a step in progress never
 stalls image callbacks. (rclpy's MultiThreadedExecutor was measured at ~10 ms p50 from publish to
@@ -34,8 +36,14 @@ Topics (relative, remappable):
 Services: ~/enable (SetBool), ~/reset (Trigger: forget the pending frame and the error state),
   ~/step (Trigger, trigger mode: infer on the latest frame; answers after the action is published,
   or success=false with the reason).
-A rejected instruction (empty, too long) unsets the current one: the node stops acting rather
-than carry on with an old task.
+Input apart from faults (see the README's behaviour section): an instruction is checked on receipt
+against the loaded model (text, length, control characters, the export's prompt token budget), and
+a frame's stamp against the node clock (zero, or ahead by more than max_future_stamp_s); what fails
+is rejected, counted and logged, and never counts toward max_consecutive_errors. A rejected
+instruction unsets the current one: the node stops acting rather than carry on with an old task.
+Only backend faults count: an exception from the backend, an inference running past
+inference_timeout_s (backend_runner.py: the node keeps serving, the late result is discarded),
+a non-finite action.
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import rclpy
@@ -64,14 +73,17 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from openvla_ros.actions import POSE_LABELS, dimension_labels
+from openvla_ros.input_checks import InputRejected, check_instruction_text
 from openvla_ros.model_files import ModelFileError
 from openvla_ros.nodes import policy_params
+from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, InferenceTimeout
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
 from openvla_ros.nodes.spin import spin_until_shutdown
 from openvla_ros.nodes.timing import timing_message
-from openvla_ros.policy import load_policy
+from openvla_ros.policy import Policy, Prediction, load_policy
 from openvla_ros.processing import center_crop
+from openvla_ros.stamps import stamp_problem
 
 SENSOR_DATA = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
                          durability=DurabilityPolicy.VOLATILE)
@@ -101,11 +113,15 @@ class StepRequest:
 
 
 class PolicyNode(LifecycleNode):
-    def __init__(self, node_name: str = "policy_node") -> None:
+    def __init__(self, node_name: str = "policy_node", policy_loader: Callable[..., Policy] = load_policy) -> None:
+        """`policy_loader(backend, model_dir, unnorm_key=...)` loads the backend on configure. It is
+        `load_policy` at run time; tests pass a loader that wraps the real backend to inject faults."""
         super().__init__(node_name)
+        self._policy_loader = policy_loader
         self._cfg = policy_params.declare_all(self)
         self._cond = threading.Condition()
-        # Held around every use of the backend, so cleanup never closes it under a running inference.
+        # Held while taking the policy and starting a backend call, so cleanup never closes the policy
+        # in between; the backend runner defers a close until the running call returns.
         self._inference_lock = threading.Lock()
         self._state = "unconfigured"
         self._policy = None
@@ -116,16 +132,20 @@ class PolicyNode(LifecycleNode):
         self._consumed_seq = 0
         self._next_start = 0.0
         self._instruction: str | None = None
+        self._instruction_rejection = ""  # why the last instruction was rejected, until a good one arrives
         self._steps: deque[StepRequest] = deque()
         self._stopping = False
         self._worker_waiting = False  # the inference thread is blocked in _next_job_locked
         self._counts: Counter[str] = Counter()
         self._inference_ms = LatencyWindow()
         self._callback_ms = LatencyWindow()
+        self._instruction_ms = LatencyWindow(size=100)
         self._consecutive_errors = 0
         self._last_error = ""
         self._last_skip = ""
+        self._last_rejection = ""
         self._image_subs: list = []
+        self._backend = BackendRunner()
 
         self._action_pub = self.create_publisher(JointTrajectory, "action", OUTPUTS)
         self._twist_pub = self.create_publisher(TwistStamped, "action/twist", OUTPUTS)
@@ -147,8 +167,8 @@ class PolicyNode(LifecycleNode):
         try:
             if not model_dir:
                 raise ValueError("parameter model_dir is empty; set it to the model directory")
-            policy = load_policy(backend, model_dir, unnorm_key=self._cfg["unnorm_key"] or None,
-                                 verify_checksums=self._cfg["verify_checksums"])
+            policy = self._policy_loader(backend, model_dir, unnorm_key=self._cfg["unnorm_key"] or None,
+                                         verify_checksums=self._cfg["verify_checksums"])
         except Exception as exc:  # any load failure leaves the node unconfigured with the reason
             # A damaged or missing model file is already one line naming the file and the remedy.
             reason = str(exc) if isinstance(exc, ModelFileError) else f"{type(exc).__name__}: {exc}"
@@ -166,6 +186,9 @@ class PolicyNode(LifecycleNode):
             self._policy, self._limits = policy, limits
             self._labels = dimension_labels(policy.action_dim)
             self._state = "inactive"
+            held = self._instruction
+        if held is not None:  # received before this model was loaded: check it against the model now
+            self._screen_instruction(held, policy)
         self.get_logger().info(f"loaded {policy.model_name} ({backend}, {policy.action_dim}-D actions, "
                                f"norm stats {policy.unnorm_key}) from {model_dir}")
         return TransitionCallbackReturn.SUCCESS
@@ -219,7 +242,14 @@ class PolicyNode(LifecycleNode):
                 policy, self._policy = self._policy, None
                 self._state = "unconfigured"
             if policy is not None:
-                policy.close()
+                # A timed-out inference may still be running on it: closed once it returns.
+                self._backend.close_when_idle(lambda: self._close_policy(policy))
+
+    def _close_policy(self, policy: Policy) -> None:
+        try:
+            policy.close()
+        except Exception as exc:  # nothing to recover; the node stays up and says what happened
+            self.get_logger().error(f"releasing the backend failed: {type(exc).__name__}: {exc}")
 
     # ---- parameters ------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -251,12 +281,16 @@ class PolicyNode(LifecycleNode):
 
     def _store_frame(self, msg, convert) -> None:
         received_unix_ns, start = time.time_ns(), time.perf_counter()
+        stamp = stamp_problem(Time.from_msg(msg.header.stamp).nanoseconds, self.get_clock().now().nanoseconds,
+                              self._cfg["max_future_stamp_s"])
+        if stamp is not None:
+            kind, reason = stamp
+            self._reject_frame(reason, f"frames_{kind}_stamp")
+            return
         try:
             image = convert(msg, self._cfg["max_image_pixels"])
         except ValueError as exc:
-            with self._cond:
-                self._counts["frames_rejected"] += 1
-            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=WARN_PERIOD_S)
+            self._reject_frame(str(exc))
             return
         with self._cond:
             self._counts["frames_received"] += 1
@@ -272,21 +306,50 @@ class PolicyNode(LifecycleNode):
             # bookkeeping after this callback, which delayed inference by ~0.6 ms on 2 cores.
             time.sleep(0)
 
-    def _on_instruction(self, msg: String) -> None:
-        text, limit = msg.data, self._cfg["max_instruction_chars"]
-        problem = ("is empty or whitespace only" if not text.strip()
-                   else f"has {len(text)} characters; max_instruction_chars is {limit}" if len(text) > limit else None)
+    def _reject_frame(self, reason: str, counter: str | None = None) -> None:
         with self._cond:
-            if problem:
-                self._counts["instructions_rejected"] += 1
+            self._counts["frames_rejected"] += 1
+            if counter:
+                self._counts[counter] += 1
+            self._last_rejection = f"image: {reason}"
+        self.get_logger().warning(f"rejected image: {reason}", throttle_duration_sec=WARN_PERIOD_S)
+
+    def _on_instruction(self, msg: String) -> None:
+        start = time.perf_counter()
+        with self._cond:
+            policy = self._policy
+        if self._screen_instruction(msg.data, policy):
+            with self._cond:
+                self._instruction, self._instruction_rejection = msg.data, ""
+            self.get_logger().info(f"instruction: {msg.data!r}")
+        self._instruction_ms.record((time.perf_counter() - start) * 1e3)
+
+    def _screen_instruction(self, text: str, policy: Policy | None) -> bool:
+        """Check `text` (against `policy`'s prompt budget when one is loaded); a failure is rejected."""
+        try:
+            # The length check comes first: it bounds the tokenizing cost of a huge message.
+            check_instruction_text(text, self._cfg["max_instruction_chars"])
+            if policy is not None:
+                policy.check_instruction(text)
+        except InputRejected as exc:
+            self._reject_instruction(str(exc))
+            return False
+        except Exception as exc:  # a tokenizer failing on odd text is still that text's problem
+            self._reject_instruction(f"could not be tokenized: {type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    def _reject_instruction(self, reason: str, if_current: str | None = None) -> None:
+        """Count and log; unset the current instruction (only if it is still `if_current`, when given:
+        a rejection found during an inference must not unset a newer instruction)."""
+        with self._cond:
+            self._counts["instructions_rejected"] += 1
+            if if_current is None or self._instruction == if_current:
                 self._instruction = None
-            else:
-                self._instruction = text
-        if problem:
-            self.get_logger().warning(f"rejected instruction (no instruction is set now): it {problem}",
-                                      throttle_duration_sec=WARN_PERIOD_S)
-        else:
-            self.get_logger().info(f"instruction: {text!r}")
+            self._instruction_rejection = reason
+            self._last_rejection = f"instruction: {reason}"
+        self.get_logger().warning(f"rejected instruction (no instruction is set now): {reason}",
+                                  throttle_duration_sec=WARN_PERIOD_S)
 
     # ---- services --------------------------------------------------------------------------
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -359,21 +422,31 @@ class PolicyNode(LifecycleNode):
 
     def _act_on(self, frame: Frame | None) -> str | None:
         """Infer on `frame` and publish; returns None, or why nothing was published."""
+        # The lock covers taking the policy and starting the call, so cleanup cannot close the
+        # policy in between; the wait is outside it, so a hung backend never blocks cleanup.
         with self._inference_lock:
             with self._cond:
                 skip = self._skip_reason_locked(frame)
                 instruction, policy, limits = self._instruction, self._policy, self._limits
-                crop_scale = self._cfg["center_crop_scale"]
+                crop_scale, timeout = self._cfg["center_crop_scale"], self._cfg["inference_timeout_s"]
             if skip:
                 return skip
+            started_unix_ns, t0 = time.time_ns(), time.perf_counter()
             try:
-                started_unix_ns, t0 = time.time_ns(), time.perf_counter()
-                image = center_crop(frame.image, crop_scale) if crop_scale != 1.0 else frame.image
-                t1 = time.perf_counter()
-                prediction = policy.predict(image, instruction)
-                t2 = time.perf_counter()
-            except Exception as exc:  # a backend failure must never take the node down
-                return self._record_error(f"{type(exc).__name__}: {exc}")
+                call = self._backend.start(lambda: _infer(policy, frame.image, crop_scale, instruction))
+            except BackendBusy as exc:
+                return self._record_error(str(exc))
+        try:
+            prediction, crop_ms, backend_ms = self._backend.wait(call, timeout)
+        except InputRejected as exc:  # the input's fault, not the backend's: never counts toward deactivation
+            return self._record_rejection(exc, instruction)
+        except InferenceTimeout as exc:
+            with self._cond:
+                self._counts["inference_timeouts"] += 1
+            return self._record_error(str(exc))
+        except Exception as exc:  # a backend failure must never take the node down
+            return self._record_error(f"{type(exc).__name__}: {exc}")
+        t2 = time.perf_counter()
         action = np.asarray(prediction.action, dtype=np.float64)
         if action.shape != (len(self._labels),) or not np.all(np.isfinite(action)):
             return self._record_error(f"backend returned a non-finite or mis-shaped action {action.tolist()}")
@@ -381,7 +454,7 @@ class PolicyNode(LifecycleNode):
         with self._cond:
             if self._state != "active" or not self._cfg["enabled"]:
                 return "node was deactivated or disabled during the inference"
-            self._publish(frame, clipped, prediction.timings_ms, crop_ms=(t1 - t0) * 1e3, backend_ms=(t2 - t1) * 1e3,
+            self._publish(frame, clipped, prediction.timings_ms, crop_ms=crop_ms, backend_ms=backend_ms,
                           started_unix_ns=started_unix_ns)
             self._counts["actions_published"] += 1
             self._counts["actions_clipped"] += int(not np.array_equal(clipped, action))
@@ -398,7 +471,8 @@ class PolicyNode(LifecycleNode):
         if frame is None:
             reason = "no image received since activation or reset"
         elif self._instruction is None:
-            reason = "no instruction set (publish one on the instruction topic)"
+            reason = (f"no instruction set: the last one was rejected: {self._instruction_rejection}"
+                      if self._instruction_rejection else "no instruction set (publish one on the instruction topic)")
         else:
             age_s = (self.get_clock().now().nanoseconds - Time.from_msg(frame.stamp).nanoseconds) * 1e-9
             if age_s <= self._cfg["max_image_age_s"]:
@@ -408,6 +482,16 @@ class PolicyNode(LifecycleNode):
         self._counts["skipped"] += 1
         self._last_skip = reason
         self.get_logger().warning(f"no action: {reason}", throttle_duration_sec=WARN_PERIOD_S)
+        return reason
+
+    def _record_rejection(self, exc: InputRejected, instruction: str) -> str:
+        if exc.kind == "instruction":
+            self._reject_instruction(str(exc), if_current=instruction)
+        else:
+            self._reject_frame(str(exc))
+        reason = f"rejected {exc.kind}: {exc}"
+        with self._cond:
+            self._last_skip = reason
         return reason
 
     def _record_error(self, message: str) -> str:
@@ -450,7 +534,9 @@ class PolicyNode(LifecycleNode):
         with self._cond:
             counts, state, error, skip = dict(self._counts), self._state, self._last_error, self._last_skip
             consecutive, enabled, policy = self._consecutive_errors, self._cfg["enabled"], self._policy
+            instruction, rejection = self._instruction, self._last_rejection
         inference, callback = self._inference_ms.percentiles(50, 95), self._callback_ms.percentiles(50, 99)
+        instruction_ms = self._instruction_ms.percentiles(100)
         if consecutive or (state == "unconfigured" and error):
             level, message = DiagnosticStatus.ERROR, error
         elif state != "active" or not enabled or skip:
@@ -466,10 +552,15 @@ class PolicyNode(LifecycleNode):
             "inference_latency_p95_ms": f"{inference[1]:.3f}" if inference else "",
             "image_callback_p50_ms": f"{callback[0]:.4f}" if callback else "",
             "image_callback_p99_ms": f"{callback[1]:.4f}" if callback else "",
+            "instruction_callback_max_ms": f"{instruction_ms[0]:.4f}" if instruction_ms else "",
+            "instruction": instruction or "",
             **{key: str(counts.get(key, 0)) for key in (
-                "frames_received", "frames_replaced", "frames_stale", "frames_rejected", "instructions_rejected",
-                "actions_published", "actions_clipped", "skipped", "errors")},
+                "frames_received", "frames_replaced", "frames_stale", "frames_rejected", "frames_zero_stamp",
+                "frames_future_stamp", "instructions_rejected", "actions_published", "actions_clipped", "skipped",
+                "errors", "inference_timeouts")},
+            "late_results_discarded": str(self._backend.late_results_discarded),
             "consecutive_errors": str(consecutive), "last_error": error, "last_skip_reason": skip,
+            "last_rejection": rejection,
             "torch_imported": str("torch" in sys.modules),
         }
         status = DiagnosticStatus(level=level, name=self.get_fully_qualified_name(), message=message,
@@ -483,11 +574,22 @@ class PolicyNode(LifecycleNode):
             self._fail_steps_locked("node is shutting down")
             self._cond.notify_all()
         self._worker.join(timeout=5.0)
+        self._backend.stop(timeout=5.0)
 
 
-def main(args: list[str] | None = None) -> None:
+def _infer(policy: Policy, image: np.ndarray, crop_scale: float, instruction: str) -> tuple[Prediction, float, float]:
+    """Runs on the backend thread: crop, predict; returns the prediction, crop ms and backend ms."""
+    t0 = time.perf_counter()
+    cropped = center_crop(image, crop_scale) if crop_scale != 1.0 else image
+    t1 = time.perf_counter()
+    prediction = policy.predict(cropped, instruction)
+    return prediction, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+
+def main(args: list[str] | None = None, policy_loader: Callable[..., Policy] = load_policy) -> None:
+    """`policy_loader`: see PolicyNode; test/fault_injection/ passes a fault-injecting wrapper."""
     rclpy.init(args=args)
-    node = PolicyNode()
+    node = PolicyNode(policy_loader=policy_loader)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     if node.get_parameter("autostart").value:

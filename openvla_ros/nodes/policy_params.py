@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from openvla_ros.input_checks import DEFAULT_MAX_INSTRUCTION_CHARS
 from openvla_ros.policy import BACKENDS
 
 RUNTIME, ACTIVATE, CONFIGURE = "runtime", "activate", "configure"
@@ -38,17 +39,25 @@ PARAMS: dict[str, ParamSpec] = {
     "max_rate_hz": ParamSpec(10.0, "most inferences per second in continuous mode", RUNTIME, float_range=(0.01, 1000.0)),
     "max_image_age_s": ParamSpec(0.5, "frames older than this (header stamp vs node clock) at inference start "
                                       "are not acted on", RUNTIME, float_range=(0.001, 3600.0)),
+    "max_future_stamp_s": ParamSpec(0.5, "frames stamped further ahead of the node clock than this are rejected on "
+                                         "receipt (zero stamps too)", RUNTIME, float_range=(0.0, 3600.0)),
     "action_limits": ParamSpec([0.0], "per-dimension clip as [min0, max0, min1, max1, ...]; [] or [0.0] = no clip",
                                RUNTIME),
     "action_frame_id": ParamSpec("base_link", "frame_id of action and action/twist", ACTIVATE),
     "use_compressed": ParamSpec(False, "subscribe image/compressed (jpeg/png) instead of image", ACTIVATE),
     "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected", ACTIVATE, int_range=(1, 1 << 28)),
-    "max_instruction_chars": ParamSpec(512, "longer instructions are rejected", ACTIVATE, int_range=(1, 100000)),
+    "max_instruction_chars": ParamSpec(DEFAULT_MAX_INSTRUCTION_CHARS, "longer instructions are rejected (checked "
+                                       "before tokenizing, so it bounds the instruction callback's cost)",
+                                       ACTIVATE, int_range=(1, 100000)),
     "center_crop_scale": ParamSpec(1.0, "centre crop area fraction before the model's resize (1.0 = off; LIBERO "
                                         "fine-tunes use 0.9)", ACTIVATE, float_range=(0.01, 1.0)),
     "autostart": ParamSpec(False, "configure and activate on start (plain `ros2 run`)", ACTIVATE),
-    "max_consecutive_errors": ParamSpec(3, "inference errors in a row before the node deactivates itself",
+    "max_consecutive_errors": ParamSpec(3, "backend faults in a row (errors, timeouts, non-finite actions; "
+                                           "never input rejections) before the node deactivates itself",
                                         RUNTIME, int_range=(1, 1000000)),
+    "inference_timeout_s": ParamSpec(10.0, "an inference running longer is a backend fault: its waiters get an "
+                                           "error and its late result is discarded (raise it for slow backends, "
+                                           "e.g. a 7B model on torch CPU)", RUNTIME, float_range=(0.001, 3600.0)),
     "enabled": ParamSpec(True, "publish actions (also set by ~/enable)", RUNTIME),
 }
 

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from openvla_ros.input_checks import check_prompt_fits
 from openvla_ros.runtime.manifest import GRAPH_NAMES, Manifest, TensorSpec
 from openvla_ros.runtime.session import DeviceBuffer, GraphRuntime, TransferTotals
 
@@ -57,17 +58,13 @@ class PromptTensors:
 
 
 def layout_prompt(prompt_ids: Sequence[int], manifest: Manifest) -> PromptTensors:
-    """Pad `prompt_ids` (BOS first) into the manifest's static layout; ValueError if it does not fit."""
+    """Pad `prompt_ids` (BOS first) into the manifest's static layout; InstructionRejected (a
+    ValueError) if it does not fit."""
     layout = manifest.layout
     ids = [int(t) for t in prompt_ids]
     if not ids:
         raise ValueError("prompt_ids is empty; expected BOS followed by the instruction tokens")
-    text = len(ids) - 1
-    if text > layout.max_text_tokens:
-        raise ValueError(
-            f"prompt has {text} text tokens after BOS but this export holds at most "
-            f"{layout.max_text_tokens}; shorten the instruction or re-export with --max-text-tokens {text}"
-        )
+    check_prompt_fits(len(ids) - 1, layout.max_text_tokens)
     input_ids = np.full((1, 1 + layout.max_text_tokens), manifest.pad_token_id, dtype=np.int64)
     input_ids[0, : len(ids)] = ids
     num_real = layout.num_patches + len(ids)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from openvla_ros.actions import ActionDecoder
+from openvla_ros.input_checks import check_prompt_fits
 from openvla_ros.policy import Prediction
 from openvla_ros.processing import ImageProcessor, PromptTokenizer
 from openvla_ros.runtime.manifest import Manifest
@@ -44,6 +45,9 @@ class RuntimePolicy:
 
     def predict(self, image: np.ndarray, instruction: str) -> Prediction:
         return self.predict_detailed(image, instruction)[0]
+
+    def check_instruction(self, instruction: str) -> None:
+        check_prompt_fits(len(self._prompts.encode(instruction)) - 1, self.manifest.layout.max_text_tokens)
 
     def prepare(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, list[int]]:
         """Model inputs: pixel values [1, C, H, W] float32 and the prompt token ids."""

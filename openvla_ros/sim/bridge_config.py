@@ -24,6 +24,9 @@ class BridgeConfig:
     # lockstep: re-send the frame (and step request) after this long without an action;
     # realtime: switch to zero motion after this long without a new action.
     action_timeout_s: float = 2.0
+    # Actions stamped zero or further ahead of the bridge's clock than this are rejected: they cannot
+    # answer a published frame, and in realtime mode would otherwise be applied as the latest action.
+    max_future_stamp_s: float = 0.5
     num_steps_wait: int = 10
     max_steps: int = 0  # 0: the suite's default from MAX_STEPS
     gripper_postprocess: str = "openvla"
@@ -46,6 +49,7 @@ class BridgeConfig:
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.control_rate_hz > 0, f"control_rate_hz must be > 0, got {self.control_rate_hz}"),
             (self.action_timeout_s > 0, f"action_timeout_s must be > 0, got {self.action_timeout_s}"),
+            (self.max_future_stamp_s >= 0, f"max_future_stamp_s must be >= 0, got {self.max_future_stamp_s}"),
             (self.num_steps_wait >= 0, f"num_steps_wait must be >= 0, got {self.num_steps_wait}"),
             (self.max_steps >= 0, f"max_steps must be >= 0 (0 = suite default), got {self.max_steps}"),
             (self.gripper_postprocess in GRIPPER_MODES,

@@ -123,11 +123,12 @@ class PolicyNodeHarness:
         return self.probe.set_parameters(self.node_path, **values)
 
 
-def start_node(model_dir: Path, backend: str, tmp_path: Path, namespace: str | None = None, **params) -> NodeProcess:
+def start_node(model_dir: Path, backend: str, tmp_path: Path, namespace: str | None = None,
+               env: dict[str, str] | None = None, **params) -> NodeProcess:
     """The policy node; tests that run next to the module's node give it its own namespace."""
     return NodeProcess("policy_node", namespace=namespace, params={
         "backend": backend, "model_dir": str(model_dir), "autostart": True, "max_rate_hz": 50.0, **params},
-        log_path=tmp_path / "policy_node.log").start()
+        env=env, log_path=tmp_path / "policy_node.log").start()
 
 
 def wait_active(harness: PolicyNodeHarness, timeout: float = 60.0) -> None:

@@ -3,8 +3,8 @@ on receipt against the loaded model's prompt budget, control characters, zero an
 stamps, the instruction publisher restarting, and a fuzzed instruction topic. None of it may ever
 deactivate the node: every test runs with max_consecutive_errors = 1.
 
-The node fixture is parametrized by backend: the OM backend joins with one more entry in
-EXPORT_FIXTURES once the pyACL contract double is in test/ and a fixture gives its model directory.
+The node fixture is parametrized by backend: ONNX Runtime, and OM on the strict pyACL contract
+double (test/pyacl_double.py, given to the node process through an `acl` shim on its PYTHONPATH).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from om_stand_in import shim_env  # noqa: E402
 from openvla_ros.node_process import wait_until  # noqa: E402
 from openvla_ros.processing import PromptTokenizer  # noqa: E402
 from openvla_ros.runtime.manifest import Manifest  # noqa: E402
@@ -26,8 +27,8 @@ from ros_probe import LATCHED, Probe  # noqa: E402
 from test_policy_node import INSTRUCTION, PolicyNodeHarness, image_msg, make_image, start_node, wait_active  # noqa: E402
 
 NAMESPACE = "input"
-# backend -> the fixture giving its tiny model directory; "om": "tiny_om_export" once the pyACL double lands
-EXPORT_FIXTURES = {"onnxruntime": "tiny_onnx_export"}
+# backend -> the fixture giving its tiny model directory
+EXPORT_FIXTURES = {"onnxruntime": "tiny_onnx_export", "om": "tiny_om_export"}
 OVER_LONG = " ".join(["pick up the bowl and put it in the basket"] * 6)
 
 
@@ -36,7 +37,8 @@ def node(request, tmp_path_factory):
     model_dir = request.getfixturevalue(EXPORT_FIXTURES[request.param])
     logs = tmp_path_factory.mktemp(f"input_{request.param}")
     with Probe("input_probe", namespace=NAMESPACE) as probe:
-        process = start_node(model_dir, request.param, logs, namespace=NAMESPACE, max_consecutive_errors=1)
+        env = shim_env(logs / "acl_shim") if request.param == "om" else None
+        process = start_node(model_dir, request.param, logs, namespace=NAMESPACE, env=env, max_consecutive_errors=1)
         try:
             h = PolicyNodeHarness(probe, process, f"/{NAMESPACE}/policy_node")
             h.model_dir = model_dir

@@ -11,6 +11,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_official_tiny"
+SHARED_OFT_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_oft_tiny"
 
 # One domain per pytest run so parallel runs (CI next to a developer) never see each other's
 # topics; set before any test process imports rclpy, and inherited by every node subprocess.
@@ -29,6 +30,14 @@ def official_fixture() -> Path:
     if not (SHARED_FIXTURE / "reference.json").is_file():
         pytest.skip(f"official fixture not present at {SHARED_FIXTURE} (../shared is absent)")
     return SHARED_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def official_oft_fixture() -> Path:
+    """The OpenVLA-OFT tiny checkpoint made and run by the official OFT code."""
+    if not (SHARED_OFT_FIXTURE / "reference.json").is_file():
+        pytest.skip(f"official OFT fixture not present at {SHARED_OFT_FIXTURE} (../shared is absent)")
+    return SHARED_OFT_FIXTURE
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_oft_checkpoint(tmp_path_factory) -> Path:
+    """A random test-size OpenVLA-OFT checkpoint (`make-tiny --oft`, seed 0: LIBERO's 7-D actions, 8-D proprio)."""
+    from openvla_ros.model.tiny_oft import write_tiny_oft_checkpoint
+
+    return write_tiny_oft_checkpoint(tmp_path_factory.mktemp("tiny_oft") / "oft-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory) -> Path:
     """A random benchmark-size OpenVLA checkpoint (`make-tiny --size small`, seed 0)."""
     from openvla_ros.model.tiny import write_tiny_checkpoint

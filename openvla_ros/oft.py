@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from openvla_ros.processing import ImageProcessor, PromptTokenizer
+
 ACTION_HEAD = "action_head"
 PROPRIO_PROJECTOR = "proprio_projector"
 # Components of OFT variants this project does not run: FiLM (ALOHA) ships a LoRA-merged vision
@@ -228,8 +230,106 @@ class ChunkPrediction:
         }
 
 
-def validate_images(images: Sequence[np.ndarray], layout: ChunkLayout) -> None:
-    """ValueError unless there are exactly `num_images` images (each checked by the processor)."""
-    if len(images) != layout.num_images:
-        raise ValueError(f"got {len(images)} images; this OFT model takes {layout.num_images} "
-                         "(the third-person image first, then the wrist image(s))")
+@dataclass(frozen=True)
+class PreparedInputs:
+    pixel_values: list[np.ndarray]  # per image: float32 [1, 3 * backbones, H, W]
+    prompt_ids: list[int]  # BOS ... space token
+    proprio: np.ndarray | None  # float64 [proprio_dim] in [-1, 1]
+
+
+class ChunkInputs:
+    """Images + instruction + robot state -> OFT model inputs, the same for every backend."""
+
+    def __init__(self, images: ImageProcessor, prompts: PromptTokenizer, normalizer: ChunkNormalizer) -> None:
+        self.images = images
+        self.prompts = prompts
+        self.normalizer = normalizer
+        self.layout = normalizer.layout
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, normalizer: ChunkNormalizer) -> ChunkInputs:
+        """From the processor files of a checkpoint or an export directory."""
+        return cls(ImageProcessor.from_pretrained(directory), PromptTokenizer.from_pretrained(directory), normalizer)
+
+    def prepare(self, images: Sequence[np.ndarray], instruction: str,
+                state: Sequence[float] | np.ndarray | None) -> PreparedInputs:
+        """`images`: uint8 HxWx3 RGB, the third-person image first; ValueError on bad input."""
+        if len(images) != self.layout.num_images:
+            raise ValueError(f"got {len(images)} images; this OFT model takes {self.layout.num_images} "
+                             "(the third-person image first, then the wrist image(s))")
+        pixel_values = [self.images.preprocess(image) for image in images]
+        prompt_ids = self.prompts.encode(instruction)  # ends with the space token, as OFT's prompts do
+        if self.layout.uses_proprio:
+            if state is None:
+                raise ValueError(f"this OFT model takes the robot state ({self.layout.proprio_dim} values)")
+            proprio = self.normalizer.normalize_proprio(state)
+        elif state is not None:
+            raise ValueError("this OFT model takes no robot state (it has no proprio projector)")
+        else:
+            proprio = None
+        return PreparedInputs(pixel_values, prompt_ids, proprio)
+
+    def prediction(self, prepared: PreparedInputs, normalized: np.ndarray,
+                   timings_ms: dict[str, float]) -> ChunkPrediction:
+        """The chunk for `normalized` actions [chunk, action_dim], unnormalized."""
+        return ChunkPrediction(
+            actions=np.asarray(self.normalizer.unnormalize(normalized), dtype=np.float64),
+            normalized_actions=normalized,
+            prompt_ids=list(prepared.prompt_ids),
+            normalized_proprio=prepared.proprio,
+            unnorm_key=self.normalizer.unnorm_key,
+            timings_ms=timings_ms,
+        )
+
+
+@dataclass(frozen=True)
+class PassLayout:
+    """The static sequence of an exported OFT pass: [BOS, image patches, proprio, text padded to
+    `max_text_tokens`, placeholders, stop]. Text padding sits in the middle, masked out as keys, and
+    the positions of the real tokens run on without gaps, so the placeholders and the stop token
+    have fixed slots while the pass computes what the unpadded sequence gives."""
+
+    patches_per_image: int
+    chunk_layout: ChunkLayout
+    max_text_tokens: int  # text tokens after BOS, the trailing space token included
+
+    @property
+    def patch_tokens(self) -> int:
+        return self.patches_per_image * self.chunk_layout.num_images + int(self.chunk_layout.uses_proprio)
+
+    @property
+    def text_start(self) -> int:
+        return 1 + self.patch_tokens
+
+    @property
+    def placeholder_start(self) -> int:
+        return self.text_start + self.max_text_tokens
+
+    @property
+    def length(self) -> int:
+        return self.placeholder_start + self.chunk_layout.num_action_tokens + 1
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    input_ids: np.ndarray  # int64 [1, 1 + max_text_tokens]: BOS + prompt text, right-padded
+    attention_mask: np.ndarray  # int64 [1, L]
+    position_ids: np.ndarray  # int64 [1, L]
+
+
+def layout_pass(prompt_ids: Sequence[int], layout: PassLayout, pad_token_id: int) -> PassInputs:
+    """Place `prompt_ids` (BOS first, ending with the space token) in the static pass layout."""
+    ids = [int(t) for t in prompt_ids]
+    text = len(ids) - 1
+    if text < 1:
+        raise ValueError("prompt_ids needs BOS and at least one text token")
+    if text > layout.max_text_tokens:
+        raise ValueError(f"prompt has {text} text tokens after BOS but this export holds at most "
+                         f"{layout.max_text_tokens}; shorten the instruction or re-export with --max-text-tokens {text}")
+    input_ids = np.full((1, 1 + layout.max_text_tokens), pad_token_id, dtype=np.int64)
+    input_ids[0, :len(ids)] = ids
+    real = np.ones(layout.length, dtype=bool)
+    real[layout.text_start + text:layout.placeholder_start] = False
+    positions = np.zeros(layout.length, dtype=np.int64)
+    positions[real] = np.arange(int(real.sum()))
+    return PassInputs(input_ids, real.astype(np.int64)[None], positions[None])

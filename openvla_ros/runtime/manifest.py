@@ -6,6 +6,10 @@ manifest. The manifest records each graph's input/output names, static shapes an
 order the graph declares them (the OM adapter binds buffers by position), the sequence layout
 (L = 1 + patches + max text tokens, KV capacity = L + action dim), the special token ids and the
 action norm stats.
+
+An OpenVLA-OFT export (`model_family` "oft") holds `OFT_GRAPH_NAMES` instead (no decoder: one
+bidirectional pass over the prompt and the action placeholders) and an "oft" section: the chunk
+layout (chunk, action dim, proprio dim, number of images, normalization) and the pass's length.
 """
 from __future__ import annotations
 
@@ -16,12 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from openvla_ros.oft import ChunkLayout
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "openvla-ros-graphs"
 MANIFEST_VERSION = 1
 
 # Execution order of the split graphs; also the file stems (`<name>.onnx` / `<name>.om`).
 GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder")
+# OpenVLA-OFT: vision and projector run once per image, then one pass and the action head.
+OFT_GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "proprio_projector", "oft_llm",
+                                    "action_head")
+MODEL_FAMILIES: tuple[str, ...] = ("openvla", "oft")
 DTYPES: tuple[str, ...] = ("fp32", "fp16")
 TENSOR_DTYPES: tuple[str, ...] = ("float32", "float16", "int64")
 
@@ -135,6 +145,13 @@ class Manifest:
     norm_stats: dict[str, Any]
     processor_files: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "openvla"  # "oft": an OpenVLA-OFT export, with `chunk_layout`
+    chunk_layout: ChunkLayout | None = None
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        """The graphs of this export, in execution order."""
+        return graph_names_of(self.family, self.chunk_layout)
 
     def graph_path(self, name: str, suffix: str) -> Path:
         """Path of graph `name` with `suffix` (".onnx" or ".om") in this directory."""
@@ -161,11 +178,17 @@ class Manifest:
                 "pad_to_multiple_of": self.action_tokens.pad_to_multiple_of,
                 "n_action_bins": self.action_tokens.n_action_bins,
             },
-            "graphs": {name: self.graphs[name].to_json() for name in GRAPH_NAMES},
+            "graphs": {name: self.graphs[name].to_json() for name in self.graph_names},
             "norm_stats": self.norm_stats,
             "processor_files": list(self.processor_files),
+            **self._family_json(),
             **self.extra,
         }
+
+    def _family_json(self) -> dict[str, Any]:
+        if self.family == "openvla":
+            return {}
+        return {"model_family": self.family, "oft": self.chunk_layout.to_json()}
 
     def write(self) -> Path:
         path = self.directory / MANIFEST_FILE
@@ -186,9 +209,14 @@ class Manifest:
                 f"{path}: format {data.get('format')!r} v{data.get('format_version')!r}; "
                 f"expected {MANIFEST_FORMAT!r} v{MANIFEST_VERSION}"
             )
-        missing = [g for g in GRAPH_NAMES if g not in data.get("graphs", {})]
+        family = str(data.get("model_family", "openvla"))
+        if family not in MODEL_FAMILIES:
+            raise ValueError(f"{path}: model_family {family!r}; expected one of {MODEL_FAMILIES}")
+        chunk_layout = ChunkLayout.from_json(data["oft"]) if family == "oft" else None
+        names = graph_names_of(family, chunk_layout)
+        missing = [g for g in names if g not in data.get("graphs", {})]
         if missing:
-            raise ValueError(f"{path}: graphs {missing} missing; expected all of {GRAPH_NAMES}")
+            raise ValueError(f"{path}: graphs {missing} missing; expected all of {names}")
         if data["dtype"] not in DTYPES:
             raise ValueError(f"{path}: dtype {data['dtype']!r}; expected one of {DTYPES}")
         seq = data["sequence"]
@@ -200,7 +228,7 @@ class Manifest:
         if layout.length != int(seq["length"]) or layout.kv_capacity != int(seq["kv_capacity"]):
             raise ValueError(f"{path}: sequence length/kv_capacity disagree with its parts: {seq}")
         known = {"format", "format_version", "model_name", "dtype", "opset", "sequence", "image_shape",
-                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files"}
+                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files", "model_family", "oft"}
         return cls(
             directory=directory,
             model_name=str(data["model_name"]),
@@ -211,8 +239,19 @@ class Manifest:
             bos_token_id=None if data["tokens"]["bos_token_id"] is None else int(data["tokens"]["bos_token_id"]),
             pad_token_id=int(data["tokens"]["pad_token_id"]),
             action_tokens=ActionTokens(**{k: int(v) for k, v in data["action_tokens"].items()}),
-            graphs={name: GraphSpec.from_json(name, data["graphs"][name]) for name in GRAPH_NAMES},
+            graphs={name: GraphSpec.from_json(name, data["graphs"][name]) for name in names},
             norm_stats=data["norm_stats"],
             processor_files=tuple(data["processor_files"]),
             extra={k: v for k, v in data.items() if k not in known},
+            family=family,
+            chunk_layout=chunk_layout,
         )
+
+
+def graph_names_of(family: str, chunk_layout: ChunkLayout | None) -> tuple[str, ...]:
+    """The graphs an export of `family` holds (an OFT model without proprio has no proprio projector)."""
+    if family == "openvla":
+        return GRAPH_NAMES
+    if chunk_layout is None:
+        raise ValueError("an OFT manifest needs its chunk layout")
+    return tuple(n for n in OFT_GRAPH_NAMES if n != "proprio_projector" or chunk_layout.uses_proprio)

@@ -87,6 +87,14 @@ def tiny_onnx_export(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_oft_onnx_export(tiny_oft_checkpoint, tmp_path_factory) -> Path:
+    """`tiny_oft_checkpoint` exported to the OFT graphs + manifest (fp32, default layout)."""
+    from openvla_ros.export import export_onnx
+
+    return export_onnx(tiny_oft_checkpoint, tmp_path_factory.mktemp("tiny_oft_onnx") / "export", progress=None)
+
+
+@pytest.fixture(scope="session")
 def small_onnx_export(small_checkpoint, tmp_path_factory) -> Path:
     """`small_checkpoint` exported to the five ONNX graphs + manifest (fp32, default layout)."""
     from openvla_ros.export import export_onnx

@@ -1,4 +1,5 @@
-"""`openvla-ros verify`: the torch reference vs the ONNX pipeline on fixed inputs, graph by graph;
+"""`openvla-ros verify`: the torch reference vs the ONNX pipeline on fixed inputs, graph by graph
+(OpenVLA exports: action tokens and actions; OpenVLA-OFT exports: the action chunks);
 prints a summary, writes a JSON report and exits 1 when the export does not reproduce the reference."""
 from __future__ import annotations
 
@@ -21,10 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openvla_ros.export.verify import DEFAULT_INSTRUCTION, default_cases, verify_export
+    from openvla_ros.runtime.manifest import Manifest
 
     if args.random_images < 0:
         raise ValueError(f"--random-images must be >= 0, got {args.random_images}")
     cases = default_cases(args.random_images, args.seed, args.instruction or DEFAULT_INSTRUCTION)
+    if Manifest.load(args.onnx).family == "oft":
+        from openvla_ros.export.verify_oft import verify_oft_export
+
+        return _report_oft(args, verify_oft_export(args.checkpoint, args.onnx, cases, unnorm_key=args.unnorm_key,
+                                                   seed=args.seed))
     report = verify_export(args.checkpoint, args.onnx, cases, unnorm_key=args.unnorm_key,
                            min_token_agreement=args.min_token_agreement)
     print(f"verify {args.onnx} ({report['dtype']}) against {args.checkpoint}, unnorm_key {report['unnorm_key']}")
@@ -36,6 +43,23 @@ def run(args: argparse.Namespace) -> int:
               f"action max abs diff {case['action_max_abs_diff']:.3e}")
     print(f"  token agreement {report['token_agreement']:.1%}, {report['sequences_matching']}/{report['cases_total']} "
           f"sequences identical -> {'PASS' if report['passed'] else 'FAIL'}")
+    return _write_report(args, report)
+
+
+def _report_oft(args: argparse.Namespace, report: dict) -> int:
+    layout = report["chunk_layout"]
+    print(f"verify OpenVLA-OFT {args.onnx} ({report['dtype']}) against {args.checkpoint}, unnorm_key "
+          f"{report['unnorm_key']}, chunk {layout['chunk']} x {layout['action_dim']}")
+    for key, diff in report["graphs"].items():
+        print(f"  {key:32s} max abs diff {diff['max_abs_diff']:.3e}  mean abs diff {diff['mean_abs_diff']:.3e}")
+    for case in report["cases"]:
+        prompt = "prompt ids match" if case["prompt_ids_match"] else "prompt ids DIFFER"
+        print(f"  {case['case']:24s} {prompt}, chunk max abs diff {case['action_max_abs_diff']:.3e}")
+    print(f"  max action abs diff {report['max_action_abs_diff']:.3e} -> {'PASS' if report['passed'] else 'FAIL'}")
+    return _write_report(args, report)
+
+
+def _write_report(args: argparse.Namespace, report: dict) -> int:
     path = args.report or args.onnx / "verify_report.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"  report: {path}")

@@ -166,6 +166,11 @@ class OpenVLAOFT(nn.Module):
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 proprio: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [1, T] = prompt (ending with the space token), placeholders, stop -> [1, chunk, action_dim]."""
+        return self.action_head(self.action_hidden(pixel_values, input_ids, proprio))
+
+    def action_hidden(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                      proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden states the action head reads: [1, chunk * action_dim, llm_dim]."""
         patches = self.patch_embeddings(pixel_values, proprio)
         lm = self.vla.language_model
         text = lm.get_input_embeddings()(input_ids)
@@ -179,7 +184,7 @@ class OpenVLAOFT(nn.Module):
         everywhere = torch.ones(1, 1, length, length, dtype=torch.bool)
         hidden = lm.model(inputs_embeds=embeds, attention_mask=everywhere, use_cache=False).last_hidden_state
         first = patches.shape[1] + input_ids.shape[1] - n_actions - 2  # the last prompt token (see module doc)
-        return self.action_head(hidden[:, first:first + n_actions])
+        return hidden[:, first:first + n_actions]
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

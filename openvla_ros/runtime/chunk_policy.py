@@ -37,6 +37,11 @@ class RuntimeChunkPolicy:
         self._pipeline = ChunkPipeline(runtime, manifest)
         self.last_result: ChunkResult | None = None
 
+    @property
+    def pass_layout(self):
+        """The static sequence layout of the export's one pass (`oft.PassLayout`)."""
+        return self._pipeline.layout
+
     def predict_chunk(self, images: Sequence[np.ndarray], instruction: str,
                       state: Sequence[float] | None = None) -> ChunkPrediction:
         return self.predict_detailed(images, instruction, state)[0]

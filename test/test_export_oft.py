@@ -158,3 +158,16 @@ def test_onnx_runtime_reproduces_the_official_oft_fixture(official_oft_fixture, 
             np.testing.assert_allclose(chunk.actions, case["actions"], rtol=0, atol=1e-5)
     finally:
         policy.close()
+
+
+def test_om_conversion_takes_the_graphs_the_manifest_lists(tiny_oft_onnx_export, tmp_path):
+    from conftest import REPO_ROOT
+
+    proc = subprocess.run(["/bin/bash", str(REPO_ROOT / "scripts" / "convert_onnx_to_om.sh"), "--onnx",
+                           str(tiny_oft_onnx_export), "--out", str(tmp_path / "om"), "--dry-run"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    converted = [line.split("--output=")[1].split()[0].rsplit("/", 1)[1]
+                 for line in proc.stdout.splitlines() if line.startswith("atc ")]
+    assert converted == list(Manifest.load(tiny_oft_onnx_export).graph_names)
+    assert "--precision_mode_v2=origin" in next(line for line in proc.stdout.splitlines() if "oft_llm" in line)

@@ -166,20 +166,18 @@ class ChunkNormalizer:
             raise ValueError(f"unnorm_key {unnorm_key!r} is not in the checkpoint's norm stats; "
                              f"available keys: {sorted(norm_stats)}")
         entry = norm_stats[unnorm_key]
-        if "action" not in entry:
-            raise ValueError(f"norm stats {unnorm_key!r} have no 'action' entry")
-        action = _bounds(entry["action"], layout.normalization, f"{unnorm_key!r} action")
-        if action[0].shape[0] != layout.action_dim:
-            raise ValueError(f"norm stats {unnorm_key!r} have {action[0].shape[0]} action dims; "
-                             f"the action head predicts {layout.action_dim}")
-        proprio = None
-        if layout.uses_proprio:
-            if "proprio" not in entry:
-                raise ValueError(f"norm stats {unnorm_key!r} have no 'proprio' entry; the model takes proprio")
-            proprio = _bounds(entry["proprio"], layout.normalization, f"{unnorm_key!r} proprio")
-            if proprio[0].shape[0] != layout.proprio_dim:
-                raise ValueError(f"norm stats {unnorm_key!r} have {proprio[0].shape[0]} proprio dims; "
-                                 f"the proprio projector takes {layout.proprio_dim}")
+
+        def bounds(part: str, dim: int, consumer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if part not in entry:
+                raise ValueError(f"norm stats {unnorm_key!r} have no {part!r} entry, which {consumer} needs")
+            found = _bounds(entry[part], layout.normalization, f"{unnorm_key!r} {part}")
+            if found[0].shape[0] != dim:
+                raise ValueError(f"norm stats {unnorm_key!r} have {found[0].shape[0]} {part} dims; "
+                                 f"{consumer} has {dim}")
+            return found
+
+        action = bounds("action", layout.action_dim, "the action head")
+        proprio = bounds("proprio", layout.proprio_dim, "the proprio projector") if layout.uses_proprio else None
         return cls(unnorm_key, layout, action, proprio)
 
     def normalize_proprio(self, state: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@
 # to the AI CPU (pass --precision vla_prefill=fp16 --precision vla_decoder=fp16 for fp32 exports).
 set -euo pipefail
 
+KNOWN_GRAPHS=(vision_backbone projector embedding vla_prefill vla_decoder proprio_projector oft_llm action_head)
 declare -A PRECISION=([vision_backbone]=fp16 [projector]=fp16 [embedding]=fp16 [vla_prefill]=origin [vla_decoder]=origin
                       [proprio_projector]=fp16 [oft_llm]=origin [action_head]=origin)
 ONNX_DIR="" OUT_DIR="" SOC="Ascend310P3" LOG="error" DRY_RUN=0
@@ -32,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --precision)
       spec="${2:?--precision needs GRAPH=MODE}"; graph="${spec%%=*}"; mode="${spec#*=}"
       [[ -n "${PRECISION[$graph]+x}" && "$spec" == *=* && -n "$mode" ]] \
-        || die "--precision $spec: expected GRAPH=MODE with GRAPH one of ${!PRECISION[*]}"
+        || die "--precision $spec: expected GRAPH=MODE with GRAPH one of ${KNOWN_GRAPHS[*]}"
       PRECISION[$graph]="$mode"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;

@@ -61,6 +61,7 @@ def export_onnx(
     from openvla_ros.oft import find_oft_files
     from openvla_ros.processing import ImageProcessor, PromptTokenizer
 
+    check_export_arguments(dtype, max_text_tokens)
     if find_oft_files(checkpoint_dir) is not None:
         from openvla_ros.export.oft_exporter import export_oft_onnx
 
@@ -69,10 +70,6 @@ def export_onnx(
     given = sorted(k for k, v in oft_options.items() if v is not None)
     if given:
         raise ValueError(f"{checkpoint_dir} is an OpenVLA checkpoint; {given} apply to OpenVLA-OFT checkpoints only")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}; expected one of {DTYPES}")
-    if max_text_tokens < 1:
-        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
     say = progress or (lambda _msg: None)
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     say(f"[export] loading {checkpoint_dir} ...")
@@ -109,6 +106,13 @@ def export_onnx(
     manifest.write()
     say(f"[export] wrote {len(GRAPH_NAMES)} graphs and manifest.json to {out_dir}")
     return out_dir
+
+
+def check_export_arguments(dtype: str, max_text_tokens: int) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}; expected one of {DTYPES}")
+    if max_text_tokens < 1:
+        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
 
 
 def write_graphs(graphs: dict, names: tuple[str, ...], out_dir: Path, say: Progress) -> dict[str, GraphSpec]:

@@ -18,12 +18,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openvla_ros.export.exporter import TORCH_DTYPES, Progress, copy_processor_files, write_graphs
+from openvla_ros.export.exporter import (
+    TORCH_DTYPES,
+    Progress,
+    check_export_arguments,
+    copy_processor_files,
+    write_graphs,
+)
 from openvla_ros.export.llama_graphs import EmbeddingGraph
 from openvla_ros.export.oft_graphs import BidirectionalPassGraph
 from openvla_ros.export.onnx_graph import OPSET
 from openvla_ros.oft import PassLayout, layout_pass, resolve_chunk
-from openvla_ros.runtime.manifest import DTYPES, ActionTokens, Manifest, SequenceLayout, graph_names_of
+from openvla_ros.runtime.manifest import ActionTokens, Manifest, SequenceLayout, graph_names_of
 
 
 class ProprioGraph(nn.Module):
@@ -63,10 +69,7 @@ def export_oft_onnx(
     from openvla_ros.oft import find_oft_files
     from openvla_ros.processing import ImageProcessor, PromptTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}; expected one of {DTYPES}")
-    if max_text_tokens < 1:
-        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+    check_export_arguments(dtype, max_text_tokens)
     say = progress or (lambda _msg: None)
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     files = find_oft_files(checkpoint_dir)

@@ -82,9 +82,7 @@ class ChunkPipeline:
         captured: dict[str, np.ndarray] = {}
 
         def timed(graph: str, bound_inputs: dict, bound_outputs: dict) -> None:
-            t0 = time.perf_counter()
-            rt.run(graph, bound_inputs, bound_outputs)
-            stage_ms[graph] = stage_ms.get(graph, 0.0) + (time.perf_counter() - t0) * 1e3
+            rt.run_timed(graph, bound_inputs, bound_outputs, stage_ms)
 
         t0 = time.perf_counter()
         rt.write(b["input_ids"], inputs.input_ids)

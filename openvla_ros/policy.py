@@ -67,7 +67,9 @@ def load_policy(
 ) -> Policy:
     """Load a policy for `backend` from `model_dir`.
 
-    `model_dir` is a Hugging Face-format OpenVLA checkpoint for `torch`, and a directory written
+    `model_dir` is a Hugging Face-format OpenVLA checkpoint for `torch` (an OpenVLA-OFT one when it
+    holds `action_head--<step>_checkpoint.pt`: then the policy predicts chunks with
+    `predict_chunk(images, instruction, state)`, options `num_images`, `use_proprio`, `chunk`), and a directory written
     by `openvla-ros export` (ONNX graphs + manifest.json) or `convert-om` (.om files +
     manifest.json) for `onnxruntime` / `om`. Backend-specific `options` are passed through
     (e.g. `allow_pickle` for torch, `provider` for onnxruntime, `device_id` for om).
@@ -81,6 +83,12 @@ def load_policy(
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory not found: {model_dir}")
     if backend == "torch":
+        from openvla_ros.oft import find_oft_files
+
+        if find_oft_files(model_dir) is not None:
+            from openvla_ros.model.torch_oft_policy import TorchOFTPolicy
+
+            return TorchOFTPolicy.load(model_dir, unnorm_key=unnorm_key, **options)
         from openvla_ros.model.torch_policy import TorchPolicy
 
         return TorchPolicy.load(model_dir, unnorm_key=unnorm_key, **options)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Convert the five ONNX graphs of an `openvla-ros export` directory into Ascend offline models
+# Convert the ONNX graphs of an `openvla-ros export` directory (the ones its manifest lists: five for
+# OpenVLA, six or five for OpenVLA-OFT) into Ascend offline models
 # (.om) with ATC, and copy the manifest and processor files next to them, so the output directory
 # is all the `om` backend needs (`openvla-ros predict --backend om --om OUT`).
 #
@@ -8,7 +9,8 @@
 #   --soc-version   ATC --soc_version (default Ascend310P3; `npu-smi info` shows the chip name)
 #   --precision     ATC --precision_mode_v2 for one graph: fp16 | origin | mixed_float16 | ...
 #                   defaults: vla_prefill=origin, vla_decoder=origin (keep the exported fp16 and
-#                   the float32 RMSNorm/softmax), vision_backbone/projector/embedding=fp16
+#                   the float32 RMSNorm/softmax), vision_backbone/projector/embedding=fp16;
+#                   OFT: oft_llm=origin, action_head=origin (its LayerNorms), proprio_projector=fp16
 #   --allow-fp32    convert an fp32 export anyway (refused by default, see below)
 #   --dry-run       print the ATC commands instead of running them (no atc needed)
 #
@@ -33,8 +35,9 @@
 # (or pass --allow-fp32 together with --precision GRAPH=fp16 for the graphs you want cast).
 set -euo pipefail
 
-GRAPHS=(vision_backbone projector embedding vla_prefill vla_decoder)
-declare -A PRECISION=([vision_backbone]=fp16 [projector]=fp16 [embedding]=fp16 [vla_prefill]=origin [vla_decoder]=origin)
+KNOWN_GRAPHS=(vision_backbone projector embedding vla_prefill vla_decoder proprio_projector oft_llm action_head)
+declare -A PRECISION=([vision_backbone]=fp16 [projector]=fp16 [embedding]=fp16 [vla_prefill]=origin [vla_decoder]=origin
+                      [proprio_projector]=fp16 [oft_llm]=origin [action_head]=origin)
 ONNX_DIR="" OUT_DIR="" SOC="Ascend310P3" LOG="error" DRY_RUN=0 ALLOW_FP32=0
 
 die() { echo "convert_onnx_to_om: error: $*" >&2; exit 2; }
@@ -48,7 +51,7 @@ while [[ $# -gt 0 ]]; do
     --precision)
       spec="${2:?--precision needs GRAPH=MODE}"; graph="${spec%%=*}"; mode="${spec#*=}"
       [[ -n "${PRECISION[$graph]+x}" && "$spec" == *=* && -n "$mode" ]] \
-        || die "--precision $spec: expected GRAPH=MODE with GRAPH one of ${GRAPHS[*]}"
+        || die "--precision $spec: expected GRAPH=MODE with GRAPH one of ${KNOWN_GRAPHS[*]}"
       PRECISION[$graph]="$mode"; shift 2 ;;
     --allow-fp32) ALLOW_FP32=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -62,6 +65,12 @@ if [[ $DRY_RUN -eq 0 ]] && ! command -v atc >/dev/null 2>&1; then
   die "'atc' is not on PATH: install the CANN toolkit and run 'source /usr/local/Ascend/ascend-toolkit/set_env.sh' first"
 fi
 [[ -f "$ONNX_DIR/manifest.json" ]] || die "$ONNX_DIR/manifest.json not found: expected a directory written by 'openvla-ros export'"
+# The graphs to convert are the ones the manifest lists, in its order.
+mapfile -t GRAPHS < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["graphs"]))' \
+  "$ONNX_DIR/manifest.json") || die "$ONNX_DIR/manifest.json: cannot read its graph list"
+for graph in "${GRAPHS[@]}"; do
+  [[ -n "${PRECISION[$graph]+x}" ]] || die "$ONNX_DIR/manifest.json lists an unknown graph '$graph'"
+done
 for graph in "${GRAPHS[@]}"; do
   [[ -f "$ONNX_DIR/$graph.onnx" ]] || die "$ONNX_DIR/$graph.onnx not found"
 done

@@ -11,6 +11,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_official_tiny"
+SHARED_OFT_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_oft_tiny"
 
 # One domain per pytest run so parallel runs (CI next to a developer) never see each other's
 # topics; set before any test process imports rclpy, and inherited by every node subprocess.
@@ -32,11 +33,27 @@ def official_fixture() -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_oft_fixture() -> Path:
+    """The OpenVLA-OFT tiny checkpoint made and run by the official OFT code."""
+    if not (SHARED_OFT_FIXTURE / "reference.json").is_file():
+        pytest.skip(f"official OFT fixture not present at {SHARED_OFT_FIXTURE} (../shared is absent)")
+    return SHARED_OFT_FIXTURE
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random test-size OpenVLA checkpoint in the official format (`openvla-ros make-tiny`, seed 0)."""
     from openvla_ros.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint") / "openvla-tiny", seed=0, size="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_oft_checkpoint(tmp_path_factory) -> Path:
+    """A random test-size OpenVLA-OFT checkpoint (`make-tiny --oft`, seed 0: LIBERO's 7-D actions, 8-D proprio)."""
+    from openvla_ros.model.tiny_oft import write_tiny_oft_checkpoint
+
+    return write_tiny_oft_checkpoint(tmp_path_factory.mktemp("tiny_oft") / "oft-tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +84,14 @@ def tiny_onnx_export(tiny_checkpoint, tmp_path_factory) -> Path:
     from openvla_ros.export import export_onnx
 
     return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("tiny_onnx") / "export", progress=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_oft_onnx_export(tiny_oft_checkpoint, tmp_path_factory) -> Path:
+    """`tiny_oft_checkpoint` exported to the OFT graphs + manifest (fp32, default layout)."""
+    from openvla_ros.export import export_onnx
+
+    return export_onnx(tiny_oft_checkpoint, tmp_path_factory.mktemp("tiny_oft_onnx") / "export", progress=None)
 
 
 @pytest.fixture(scope="session")

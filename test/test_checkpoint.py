@@ -24,7 +24,7 @@ def test_real_checkpoints_get_the_full_dims_of_their_timm_ids(official_fixture):
     assert (dino.patch_size, dino.num_registers, dino.class_token, dino.num_prefix_tokens) == (14, 4, True, 5)
     assert dino.layer_scale and dino.gelu_approximate == "none"
     assert (siglip.embed_dim, siglip.depth, siglip.num_heads, siglip.mlp_hidden) == (1152, 27, 16, 4304)
-    assert (siglip.num_prefix_tokens, siglip.layer_scale, siglip.gelu_approximate) == (0, False, "tanh")
+    assert (siglip.num_prefix_tokens, siglip.layer_scale, siglip.gelu_approximate) == (0, False, "none")
     assert siglip.num_patches == 256
 
 

@@ -10,6 +10,11 @@ temporary directory. Reported per backend: per-action latency p50/p95 (wall time
 copied across the runtime boundary per decode step (runtime backends), peak RSS,
 `torch_imported`, and `instruction_check_ms`: what checking a max_instruction_chars-long
 instruction against the model costs (the policy node does it in its instruction callback).
+
+With `--oft-checkpoint` (and optionally `--oft-onnx`) an OpenVLA-OFT model runs on the same
+backends in the same interleaved rounds, reported under "oft": milliseconds per chunk, actions
+per second (chunk length / chunk time) and the bytes copied across the runtime boundary per
+chunk; "side_by_side" sets them against OpenVLA's milliseconds per action.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import numpy as np
 
 DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 REPLY = "BENCH "  # prefix of the worker's protocol lines on stdout (anything else is ignored)
+OFT_PREFIX = "oft/"  # worker labels of the OpenVLA-OFT model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch and ONNX Runtime alike (default: each library's own default)")
     parser.add_argument("--unnorm-key", help="norm stats key (default: the checkpoint's only key)")
+    parser.add_argument("--oft-checkpoint", type=Path, help="OpenVLA-OFT checkpoint to run side by side")
+    parser.add_argument("--oft-onnx", type=Path,
+                        help="OFT export directory (default: export --oft-checkpoint to a temp dir)")
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     parser.add_argument("--out", type=Path, help="write the JSON report here instead of stdout")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: serve one backend over stdin/stdout
@@ -72,6 +81,34 @@ def _reply(message: dict) -> None:
     print(REPLY + json.dumps(message), flush=True)
 
 
+def _predictor(policy, instruction: str):
+    """One inference call of `policy` on fixed inputs: an action, or for OpenVLA-OFT a chunk (from
+    one fixed image per camera and the state in the middle of the proprio bounds)."""
+    if not hasattr(policy, "predict_chunk"):
+        image = bench_image()
+        return lambda: policy.predict(image, instruction)
+    images = [bench_image(seed) for seed in range(policy.layout.num_images)]
+    bounds = policy.inputs.normalizer.proprio_bounds
+    state = None if bounds is None else (bounds[0] + bounds[1]) / 2
+    return lambda: policy.predict_chunk(images, instruction, state)
+
+
+def _final_summary(policy, prediction, instruction: str) -> dict:
+    if hasattr(policy, "predict_chunk"):
+        summary = {"actions_per_chunk": int(prediction.actions.shape[0]), "first_action": prediction.action.tolist()}
+        result = getattr(policy, "last_result", None)
+        if result is not None:
+            summary["transfers"] = {"bytes_per_chunk": result.transfers.total, "to_runtime": result.transfers.to_runtime,
+                                    "to_host": result.transfers.to_host}
+        return summary
+    summary = {"action_token_ids": prediction.action_token_ids if prediction else [],
+               "instruction_check_ms": instruction_check_ms(policy, instruction)}
+    generation = getattr(policy, "last_generation", None)
+    if generation is not None:
+        summary["transfers"] = _transfer_summary(generation, policy.kv_buffer_names)
+    return summary
+
+
 def serve(backend: str, model_dir: Path, unnorm_key: str | None, instruction: str, warmup: int,
           threads: int | None) -> None:
     """Worker: load one backend, warm up, then answer `run N` (timed actions) and `done` (summary)."""
@@ -87,11 +124,11 @@ def serve(backend: str, model_dir: Path, unnorm_key: str | None, instruction: st
     t0 = time.perf_counter()
     policy = load_policy(backend, model_dir, unnorm_key=unnorm_key, **options)
     load_s = time.perf_counter() - t0
-    image = bench_image()
+    predict = _predictor(policy, instruction)
     prediction = None
     try:
         for _ in range(warmup):
-            prediction = policy.predict(image, instruction)
+            prediction = predict()
         _reply({"ready": True, "load_s": round(load_s, 3)})
         for line in sys.stdin:
             command = line.split()
@@ -100,15 +137,11 @@ def serve(backend: str, model_dir: Path, unnorm_key: str | None, instruction: st
             latencies, stages = [], []
             for _ in range(int(command[1])):
                 t0 = time.perf_counter()
-                prediction = policy.predict(image, instruction)
+                prediction = predict()
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 stages.append(prediction.timings_ms)
             _reply({"latencies": latencies, "stages": stages})
-        summary = {"action_token_ids": prediction.action_token_ids if prediction else [],
-                   "instruction_check_ms": instruction_check_ms(policy, instruction)}
-        generation = getattr(policy, "last_generation", None)
-        if generation is not None:
-            summary["transfers"] = _transfer_summary(generation, policy.kv_buffer_names)
+        summary = _final_summary(policy, prediction, instruction)
     finally:
         policy.close()
     _reply({**summary, "peak_rss_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules})
@@ -147,14 +180,14 @@ def _transfer_summary(generation, kv_names: tuple[str, ...]) -> dict:
 class _Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, backend: str, model_dir: Path, args: argparse.Namespace) -> None:
+    def __init__(self, label: str, backend: str, model_dir: Path, args: argparse.Namespace) -> None:
         command = [sys.executable, "-m", "openvla_ros.cli", "bench", "--worker", backend, "--model-dir",
                    str(model_dir), "--warmup", str(args.warmup), "--instruction", args.instruction]
-        if args.unnorm_key:
+        if args.unnorm_key and not label.startswith(OFT_PREFIX):
             command += ["--unnorm-key", args.unnorm_key]
         if args.threads is not None:
             command += ["--threads", str(args.threads)]
-        self.backend = backend
+        self.label = label
         # stderr goes to a file: a chatty worker must never block on a full pipe nobody reads.
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -189,18 +222,19 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def _measure(dirs: dict[str, Path], args: argparse.Namespace) -> dict[str, dict]:
-    """Start the workers, run the interleaved rounds, collect each backend's result."""
+    """Start the workers, run the interleaved rounds, collect each worker's result (keyed by label:
+    the backend, or `oft/<backend>`)."""
     results: dict[str, dict] = {}
     workers: list[_Worker] = []
     try:
-        for backend, model_dir in dirs.items():
-            print(f"[bench] {backend}: loading + {args.warmup} warmup actions ...", file=sys.stderr)
-            worker = _Worker(backend, model_dir, args)
+        for label, model_dir in dirs.items():
+            print(f"[bench] {label}: loading + {args.warmup} warmup runs ...", file=sys.stderr)
+            worker = _Worker(label, label.removeprefix(OFT_PREFIX), model_dir, args)
             try:
-                results[backend] = {"available": True, "load_s": worker.receive()["load_s"]}
+                results[label] = {"available": True, "load_s": worker.receive()["load_s"]}
                 workers.append(worker)
             except RuntimeError as exc:
-                results[backend] = {"available": False, "reason": str(exc)}
+                results[label] = {"available": False, "reason": str(exc)}
                 worker.close()
         per_round = [len(r) for r in np.array_split(np.arange(args.iterations), args.rounds) if len(r)]
         for i, count in enumerate(per_round, 1):
@@ -213,7 +247,7 @@ def _measure(dirs: dict[str, Path], args: argparse.Namespace) -> dict[str, dict]
         for worker in workers:
             worker.send("done")
             stage_names = dict.fromkeys(k for s in worker.stages for k in s)
-            results[worker.backend].update({
+            results[worker.label].update({
                 "latency_ms": _summary(worker.latencies),
                 "stages_ms": {k: round(float(np.mean([s.get(k, 0.0) for s in worker.stages])), 3) for k in stage_names},
                 **worker.receive(),
@@ -241,7 +275,36 @@ def _model_dirs(args: argparse.Namespace, backends: list[str], scratch: Path) ->
         dirs["onnxruntime"] = args.onnx
     if "om" in backends and args.om is not None:
         dirs["om"] = args.om
+    if args.oft_checkpoint is not None or args.oft_onnx is not None:
+        if "torch" in backends and args.oft_checkpoint is not None:
+            dirs[OFT_PREFIX + "torch"] = args.oft_checkpoint
+        if "onnxruntime" in backends:
+            if args.oft_onnx is None:
+                from openvla_ros.export import export_onnx
+
+                print(f"[bench] exporting {args.oft_checkpoint} to ONNX (fp32) ...", file=sys.stderr)
+                args.oft_onnx = export_onnx(args.oft_checkpoint, scratch / "oft_onnx", dtype="fp32", progress=None)
+            dirs[OFT_PREFIX + "onnxruntime"] = args.oft_onnx
     return dirs
+
+
+def _side_by_side(openvla: dict[str, dict], oft: dict[str, dict]) -> dict[str, dict]:
+    """Per backend with both models: OpenVLA's ms per action against OFT's ms per chunk."""
+    rows = {}
+    for backend, result in oft.items():
+        base = openvla.get(backend, {})
+        if not (result.get("available") and base.get("available")):
+            continue
+        chunk_ms, action_ms = result["latency_ms"]["p50"], base["latency_ms"]["p50"]
+        rows[backend] = {"openvla_ms_per_action_p50": action_ms, "oft_ms_per_chunk_p50": chunk_ms,
+                         "oft_actions_per_chunk": result["actions_per_chunk"],
+                         "openvla_actions_per_second": round(1e3 / action_ms, 3),
+                         "oft_actions_per_second": result["actions_per_second"],
+                         "oft_throughput_ratio": round(result["actions_per_second"] * action_ms / 1e3, 2)}
+        if "transfers" in result and "transfers" in base:
+            rows[backend].update(openvla_bytes_per_action=base["transfers"]["bytes_per_action"],
+                                 oft_bytes_per_chunk=result["transfers"]["bytes_per_chunk"])
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,11 +318,15 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown backends {unknown}; expected torch, onnxruntime, om")
     with tempfile.TemporaryDirectory(prefix="openvla-bench-") as scratch:
-        exported_here = args.onnx is None
+        exported_here, oft_exported_here = args.onnx is None, args.oft_onnx is None
         dirs = _model_dirs(args, backends, Path(scratch))
         results = _measure(dirs, args)
     for backend in backends:
         results.setdefault(backend, {"available": False, "reason": "no --om directory given (convert-om output)"})
+    oft = {label.removeprefix(OFT_PREFIX): results.pop(label) for label in list(results) if label.startswith(OFT_PREFIX)}
+    for result in oft.values():
+        if result.get("available"):
+            result["actions_per_second"] = round(result["actions_per_chunk"] * 1e3 / result["latency_ms"]["p50"], 3)
     report = {
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "onnx": "(exported to a temporary directory)" if exported_here and "onnxruntime" in dirs else str(args.onnx),
@@ -272,6 +339,11 @@ def run(args: argparse.Namespace) -> int:
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "backends": {b: results[b] for b in backends},
     }
+    if oft:
+        report["oft"] = {"checkpoint": str(args.oft_checkpoint) if args.oft_checkpoint else None,
+                         "onnx": "(exported to a temporary directory)" if oft_exported_here else str(args.oft_onnx),
+                         "backends": oft,
+                         "side_by_side": _side_by_side(results, oft)}
     ok = {b: r for b, r in results.items() if r.get("available")}
     if "torch" in ok:
         report["speedup_vs_torch_p50"] = {

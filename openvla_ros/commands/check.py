@@ -44,14 +44,14 @@ def _ok(directory: Path, name: str, how: str, label: str = "ok") -> None:
 
 def _check_export(directory: Path, verify_hashes: bool) -> list[Exception]:
     from openvla_ros.runtime.export_files import SUFFIX_BACKENDS, check_export_files
-    from openvla_ros.runtime.manifest import GRAPH_NAMES, Manifest
+    from openvla_ros.runtime.manifest import Manifest
 
     try:
         manifest = Manifest.load(directory)
     except ModelFileError as exc:
         return [exc]
     # Check the graphs of whichever backend's files are here (both if both are); .onnx if none are.
-    suffixes = [s for s in SUFFIX_BACKENDS if any(manifest.graph_path(g, s).is_file() for g in GRAPH_NAMES)]
+    suffixes = [s for s in SUFFIX_BACKENDS if any(manifest.graph_path(g, s).is_file() for g in manifest.graph_names)]
     problems: list[Exception] = []
     for suffix in suffixes or [".onnx"]:
         print(f"{directory}: {SUFFIX_BACKENDS[suffix]} graphs ({suffix}), "

@@ -1,5 +1,8 @@
 """`openvla-ros predict`: one action for one image and instruction, on any backend.
 
+OpenVLA-OFT models (a checkpoint with an action head file, or an OFT export) take the wrist
+image(s) (`--wrist-image`) and the robot state (`--state`) too, and print the whole chunk.
+
 `--checkpoint` (torch) is a Hugging Face-format OpenVLA checkpoint; `--onnx` / `--om` are
 directories written by `openvla-ros export` / `convert-om`. Only the chosen backend is imported,
 so the runtime backends never load torch.
@@ -29,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backend (default: the one whose model directory option is given)")
     parser.add_argument("--image", type=Path, required=True, help="RGB image file (any size; PNG, JPEG, ...)")
     parser.add_argument("--instruction", required=True, help="task, e.g. 'pick up the black bowl'")
+    parser.add_argument("--wrist-image", type=Path, action="append", default=[],
+                        help="OFT: wrist camera image file (repeat for more cameras, in the training order)")
+    parser.add_argument("--state", type=float, nargs="+", metavar="V",
+                        help="OFT: raw robot state, e.g. LIBERO's eef xyz, axis-angle (3) and gripper qpos (2)")
+    parser.add_argument("--chunk", type=int,
+                        help="OFT torch backend: actions per chunk when the norm-stats key names no known platform")
     parser.add_argument("--unnorm-key", help="norm stats key (may be omitted when the model has exactly one)")
     parser.add_argument("--center-crop", type=float, metavar="AREA",
                         help="crop the centred AREA fraction first (e.g. 0.9, as in OpenVLA's LIBERO evaluation)")
@@ -80,13 +89,39 @@ def read_image(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not an image file Pillow can read") from exc
 
 
+def _is_oft(backend: str, model_dir: Path) -> bool:
+    if backend == "torch":
+        from openvla_ros.oft import find_oft_files
+
+        return find_oft_files(model_dir) is not None
+    from openvla_ros.runtime.manifest import Manifest
+
+    return Manifest.load(model_dir).family == "oft"
+
+
+def _read_images(args: argparse.Namespace) -> list[np.ndarray]:
+    images = [read_image(path) for path in [args.image, *args.wrist_image]]
+    if args.center_crop is not None:
+        images = [center_crop(image, args.center_crop) for image in images]
+    return images
+
+
 def run(args: argparse.Namespace) -> int:
     backend, model_dir = _backend_and_dir(args)
-    image = read_image(args.image)
-    if args.center_crop is not None:
-        image = center_crop(image, args.center_crop)
+    options = _backend_options(args, backend)
+    if _is_oft(backend, model_dir):
+        if backend == "torch":
+            options.update(num_images=1 + len(args.wrist_image), chunk=args.chunk)
+        elif args.chunk is not None:
+            raise ValueError("--chunk applies to the torch backend only; an export fixes its chunk")
+        return _run_oft(args, backend, load_policy(backend, model_dir, unnorm_key=args.unnorm_key,
+                                                   verify_checksums=args.verify_checksums, **options))
+    if args.wrist_image or args.state is not None or args.chunk is not None:
+        raise ValueError(f"{model_dir} is an OpenVLA model (one image, no state); --wrist-image, --state and "
+                         "--chunk apply to OpenVLA-OFT models")
+    image = _read_images(args)[0]
     policy = load_policy(backend, model_dir, unnorm_key=args.unnorm_key, verify_checksums=args.verify_checksums,
-                         **_backend_options(args, backend))
+                         **options)
     try:
         # The instruction is checked against the loaded model before any inference: an over-long
         # one is an input error (exit 2, one line with the token count, the limit and the fix).
@@ -105,5 +140,28 @@ def run(args: argparse.Namespace) -> int:
     for label, value in zip(labels, prediction.action):
         print(f"  {label:>8s} {value:+.6f}")
     print(f"action tokens {prediction.action_token_ids}")
+    print(f"latency {latency_ms:.1f} ms (" + ", ".join(f"{k} {v:.1f}" for k, v in prediction.timings_ms.items()) + ")")
+    return 0
+
+
+def _run_oft(args: argparse.Namespace, backend: str, policy) -> int:
+    try:
+        images = _read_images(args)
+        t0 = time.perf_counter()
+        prediction = policy.predict_chunk(images, args.instruction, args.state)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+    finally:
+        policy.close()
+    labels = dimension_labels(prediction.actions.shape[1])
+    if args.json:
+        print(json.dumps({**prediction.to_json(), "latency_ms": latency_ms, "backend": backend,
+                          "model": policy.model_name, "action_labels": labels}))
+        return 0
+    chunk, dim = prediction.actions.shape
+    print(f"backend {backend}, model {policy.model_name}, norm stats {prediction.unnorm_key}, "
+          f"chunk {chunk} x {dim}")
+    print("  step " + " ".join(f"{label:>10s}" for label in labels))
+    for step, action in enumerate(prediction.actions):
+        print(f"  {step:4d} " + " ".join(f"{value:+10.6f}" for value in action))
     print(f"latency {latency_ms:.1f} ms (" + ", ".join(f"{k} {v:.1f}" for k, v in prediction.timings_ms.items()) + ")")
     return 0

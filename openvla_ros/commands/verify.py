@@ -1,5 +1,6 @@
-"""`openvla-ros verify`: an exported pipeline against a reference on fixed inputs, graph by graph;
-prints a summary, writes a JSON report and exits 1 when the export does not reproduce the reference.
+"""`openvla-ros verify`: an exported pipeline against a reference on fixed inputs, graph by graph
+(OpenVLA exports: action tokens and actions; OpenVLA-OFT exports: the action chunks); prints a
+summary, writes a JSON report and exits 1 when the export does not reproduce the reference.
 
 - `--checkpoint CKPT --onnx DIR`: the ONNX Runtime pipeline against the torch reference;
 - `--om DIR --onnx ONNX_DIR`: the .om pipeline (pyACL, on the NPU) against the ONNX Runtime pipeline
@@ -46,11 +47,19 @@ def _report(args: argparse.Namespace, cases: list) -> tuple[dict, Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from openvla_ros.runtime.manifest import Manifest
     from openvla_ros.runtime.verify_runtimes import DEFAULT_INSTRUCTION, default_cases
 
     if args.random_images < 0:
         raise ValueError(f"--random-images must be >= 0, got {args.random_images}")
     cases = default_cases(args.random_images, args.seed, args.instruction or DEFAULT_INSTRUCTION)
+    if args.om is None and args.onnx is not None and Manifest.load(args.onnx).family == "oft":
+        if args.checkpoint is None:
+            raise ValueError("an OpenVLA-OFT export is verified against its checkpoint: give --checkpoint CKPT")
+        from openvla_ros.export.verify_oft import verify_oft_export
+
+        return _report_oft(args, verify_oft_export(args.checkpoint, args.onnx, cases, unnorm_key=args.unnorm_key,
+                                                   seed=args.seed))
     report, verified, reference = _report(args, cases)
     print(f"verify {verified} ({report['dtype']}) against {reference}, unnorm_key {report['unnorm_key']}")
     for key, diff in report["graphs"].items():
@@ -61,7 +70,23 @@ def run(args: argparse.Namespace) -> int:
               f"action max abs diff {case['action_max_abs_diff']:.3e}")
     print(f"  token agreement {report['token_agreement']:.1%}, {report['sequences_matching']}/{report['cases_total']} "
           f"sequences identical -> {'PASS' if report['passed'] else 'FAIL'}")
-    path = args.report or verified / "verify_report.json"
+    return _write_report(report, args.report or verified / "verify_report.json")
+
+
+def _report_oft(args: argparse.Namespace, report: dict) -> int:
+    layout = report["chunk_layout"]
+    print(f"verify OpenVLA-OFT {args.onnx} ({report['dtype']}) against {args.checkpoint}, unnorm_key "
+          f"{report['unnorm_key']}, chunk {layout['chunk']} x {layout['action_dim']}")
+    for key, diff in report["graphs"].items():
+        print(f"  {key:32s} max abs diff {diff['max_abs_diff']:.3e}  mean abs diff {diff['mean_abs_diff']:.3e}")
+    for case in report["cases"]:
+        prompt = "prompt ids match" if case["prompt_ids_match"] else "prompt ids DIFFER"
+        print(f"  {case['case']:24s} {prompt}, chunk max abs diff {case['action_max_abs_diff']:.3e}")
+    print(f"  max action abs diff {report['max_action_abs_diff']:.3e} -> {'PASS' if report['passed'] else 'FAIL'}")
+    return _write_report(report, args.report or args.onnx / "verify_report.json")
+
+
+def _write_report(report: dict, path: Path) -> int:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"  report: {path}")
     return 0 if report["passed"] else 1

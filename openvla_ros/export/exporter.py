@@ -50,16 +50,27 @@ def export_onnx(
     dtype: str = "fp32",
     max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
     progress: Progress | None = print,
+    **oft_options,
 ) -> Path:
-    """Export `checkpoint_dir` into `out_dir` (created); returns `out_dir`. See the module docstring."""
+    """Export `checkpoint_dir` into `out_dir` (created); returns `out_dir`. See the module docstring.
+
+    An OpenVLA-OFT checkpoint goes to `export_oft_onnx` with `oft_options` (num_images,
+    use_proprio, chunk, unnorm_key).
+    """
     from openvla_ros.checkpoint import OpenVLAConfig
     from openvla_ros.model import OpenVLA
+    from openvla_ros.oft import find_oft_files
     from openvla_ros.processing import ImageProcessor, PromptTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}; expected one of {DTYPES}")
-    if max_text_tokens < 1:
-        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+    check_export_arguments(dtype, max_text_tokens)
+    if find_oft_files(checkpoint_dir) is not None:
+        from openvla_ros.export.oft_exporter import export_oft_onnx
+
+        return export_oft_onnx(checkpoint_dir, out_dir, dtype=dtype, max_text_tokens=max_text_tokens,
+                               progress=progress, **oft_options)
+    given = sorted(k for k, v in oft_options.items() if v is not None)
+    if given:
+        raise ValueError(f"{checkpoint_dir} is an OpenVLA checkpoint; {given} apply to OpenVLA-OFT checkpoints only")
     say = progress or (lambda _msg: None)
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     say(f"[export] loading {checkpoint_dir} ...")
@@ -72,24 +83,8 @@ def export_onnx(
     model = OpenVLA.from_pretrained(checkpoint_dir, dtype=TORCH_DTYPES[dtype])
     pixel_values = torch.zeros(1, images.channels, *images.input_hw, dtype=TORCH_DTYPES[dtype])
     layout, graphs = _graph_modules(model, pixel_values, max_text_tokens, action_dim, config.pad_token_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    specs: dict[str, GraphSpec] = {}
-    for i, name in enumerate(GRAPH_NAMES, 1):
-        module, args, input_names, output_names = graphs[name]
-        t0 = time.perf_counter()
-        say(f"[export] [{i}/{len(GRAPH_NAMES)}] {name}: tracing and writing {name}.onnx ...")
-        path = out_dir / f"{name}.onnx"
-        export_module(module, args, path, input_names, output_names)
-        report = check_graph(path)
-        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs)
-        say(f"[export] [{i}/{len(GRAPH_NAMES)}] {name}: {report.nbytes / 1e6:.1f} MB, "
-            f"{len(report.op_types)} op types, checked, {time.perf_counter() - t0:.1f} s")
-    copied = tuple(name for name in PROCESSOR_FILES if (checkpoint_dir / name).is_file())
-    for name in copied:
-        shutil.copy2(checkpoint_dir / name, out_dir / name)
-    produced = [p.name for name in GRAPH_NAMES for p in (out_dir / f"{name}.onnx", out_dir / f"{name}.onnx.data")
-                if p.is_file()] + list(copied)
-    say(f"[export] recording the size and SHA-256 of {len(produced)} files ...")
+    specs = write_graphs(graphs, GRAPH_NAMES, out_dir, say)
+    copied = copy_processor_files(checkpoint_dir, out_dir)
     manifest = Manifest(
         directory=out_dir,
         model_name=checkpoint_dir.resolve().name,
@@ -108,11 +103,53 @@ def export_onnx(
         norm_stats=config.norm_stats,
         processor_files=copied,
         extra={"export": {"torch": torch.__version__, "source": str(checkpoint_dir.resolve())}},
-        files=record_files(out_dir, produced, progress=progress is not None),
+        files=record_produced_files(out_dir, GRAPH_NAMES, copied, say, progress is not None),
     )
     manifest.write()
     say(f"[export] wrote {len(GRAPH_NAMES)} graphs and manifest.json to {out_dir}")
     return out_dir
+
+
+def check_export_arguments(dtype: str, max_text_tokens: int) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}; expected one of {DTYPES}")
+    if max_text_tokens < 1:
+        raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+
+
+def write_graphs(graphs: dict, names: tuple[str, ...], out_dir: Path, say: Progress) -> dict[str, GraphSpec]:
+    """Export and check each graph of `names` (name -> (module, args, input names, output names))."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs: dict[str, GraphSpec] = {}
+    for i, name in enumerate(names, 1):
+        module, args, input_names, output_names = graphs[name]
+        t0 = time.perf_counter()
+        say(f"[export] [{i}/{len(names)}] {name}: tracing and writing {name}.onnx ...")
+        path = out_dir / f"{name}.onnx"
+        export_module(module, args, path, input_names, output_names)
+        report = check_graph(path)
+        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs)
+        say(f"[export] [{i}/{len(names)}] {name}: {report.nbytes / 1e6:.1f} MB, "
+            f"{len(report.op_types)} op types, checked, {time.perf_counter() - t0:.1f} s")
+    return specs
+
+
+def record_produced_files(out_dir: Path, graph_names: tuple[str, ...], copied: tuple[str, ...], say: Progress,
+                          progress_bar: bool) -> dict:
+    """Size + SHA-256 of every file the export wrote (graphs, their external data, processor files),
+    for the manifest: loading and `openvla-ros check` compare a copy against them."""
+    produced = [p.name for name in graph_names for p in (out_dir / f"{name}.onnx", out_dir / f"{name}.onnx.data")
+                if p.is_file()] + list(copied)
+    say(f"[export] recording the size and SHA-256 of {len(produced)} files ...")
+    return record_files(out_dir, produced, progress=progress_bar)
+
+
+def copy_processor_files(checkpoint_dir: Path, out_dir: Path) -> tuple[str, ...]:
+    """Copy the processor files a torch-free runtime reads next to the manifest; returns their names."""
+    copied = tuple(name for name in PROCESSOR_FILES if (checkpoint_dir / name).is_file())
+    for name in copied:
+        shutil.copy2(checkpoint_dir / name, out_dir / name)
+    return copied
 
 
 def _graph_modules(model: torch.nn.Module, pixel_values: torch.Tensor, max_text_tokens: int, action_dim: int,

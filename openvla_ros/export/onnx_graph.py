@@ -32,6 +32,7 @@ ATC_OPS = frozenset({
     "Gather", "Gemm", "Greater", "Identity", "Less", "MatMul", "Mul", "Neg", "Not", "Pow",
     "ReduceMean", "ReduceSum", "Reshape", "ScatterElements", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Squeeze",
     "Sub", "Tanh", "Transpose", "Unsqueeze", "Where", "Reciprocal",
+    "Relu",  # OpenVLA-OFT's action head
 })
 _ELEM_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                   onnx.TensorProto.INT64: "int64"}

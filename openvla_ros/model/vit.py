@@ -2,7 +2,7 @@
 
 Parameter names follow timm's `VisionTransformer` (as OpenVLA's checkpoints store them, with
 layer scale renamed to `scale_factor`), and the numerics match timm 0.9: LayerNorm eps 1e-6,
-qkv with bias, scaled-dot-product attention, DINOv2's exact GELU and SigLIP's tanh GELU. OpenVLA
+qkv with bias, scaled-dot-product attention, the exact GELU (timm 0.9's default). OpenVLA
 reads the patch tokens output by the second-to-last block, without the final norm.
 """
 from __future__ import annotations

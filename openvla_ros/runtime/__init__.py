@@ -2,6 +2,8 @@
 
 Layers, top to bottom:
 - `policy.RuntimePolicy`: the `Policy` protocol (preprocess -> pipeline -> action decoding);
+  `chunk_policy.RuntimeChunkPolicy` for OpenVLA-OFT exports (images + state -> an action chunk);
+- `chunk_pipeline.ChunkPipeline`: OFT's graphs, one bidirectional pass, no cache (every backend);
 - `pipeline.GraphPipeline`: the five graphs, buffer plan, greedy decode with the KV cache kept in
   runtime memory (shared by every backend);
 - `session.GraphRuntime`: "run this graph with these buffers", implemented by
@@ -58,6 +60,10 @@ def load_runtime_policy(backend: str, model_dir: str | Path, unnorm_key: str | N
 
         runtime = AclGraphs(**options)
     try:
+        if manifest.family == "oft":
+            from openvla_ros.runtime.chunk_policy import RuntimeChunkPolicy
+
+            return RuntimeChunkPolicy(manifest, runtime, unnorm_key=unnorm_key)
         return RuntimePolicy(manifest, runtime, unnorm_key=unnorm_key)
     except BaseException:
         runtime.close()

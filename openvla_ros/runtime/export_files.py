@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from openvla_ros.model_files import InvalidModelFile, ModelFileError, check_records, record_files
-from openvla_ros.runtime.manifest import GRAPH_NAMES, MANIFEST_FILE, MANIFEST_REMEDY, Manifest
+from openvla_ros.runtime.manifest import MANIFEST_FILE, MANIFEST_REMEDY, Manifest
 
 # graph file suffix -> the backend that runs it
 SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".om": "om"}
@@ -28,7 +28,7 @@ class ExportCheck:
 
 def expected_files(manifest: Manifest, suffix: str) -> list[str]:
     """The files a backend running `suffix` graphs reads: graphs, their recorded side files, processor files."""
-    graphs = [manifest.graph_path(name, suffix).name for name in GRAPH_NAMES]
+    graphs = [manifest.graph_path(name, suffix).name for name in manifest.graph_names]
     sidecars = sorted(name for name in manifest.files if any(name.startswith(g + ".") for g in graphs))
     return graphs + sidecars + list(manifest.processor_files)
 
@@ -56,7 +56,7 @@ def check_export_files(manifest: Manifest, suffix: str, verify_hashes: bool = Fa
                                     progress=progress, on_checked=checked)
     if suffix == ".onnx":
         bad = set(map(str, (p.path for p in result.problems)))
-        for name in GRAPH_NAMES:
+        for name in manifest.graph_names:
             path = manifest.graph_path(name, suffix)
             if str(path) not in bad and path.is_file():
                 with open(path, "rb") as f:
@@ -71,8 +71,8 @@ def check_export_files(manifest: Manifest, suffix: str, verify_hashes: bool = Fa
 def _other_backend(manifest: Manifest, suffix: str) -> InvalidModelFile | None:
     """A directory holding only the other backend's graphs: the manifest is for that backend."""
     other = next(s for s in SUFFIX_BACKENDS if s != suffix)
-    present = [name for name in GRAPH_NAMES if manifest.graph_path(name, suffix).is_file()]
-    others = [name for name in GRAPH_NAMES if manifest.graph_path(name, other).is_file()]
+    present = [name for name in manifest.graph_names if manifest.graph_path(name, suffix).is_file()]
+    others = [name for name in manifest.graph_names if manifest.graph_path(name, other).is_file()]
     if present or not others:
         return None
     backend, other_backend = SUFFIX_BACKENDS[suffix], SUFFIX_BACKENDS[other]
@@ -87,7 +87,7 @@ def record_om_files(directory: Path, progress: bool = False) -> Manifest:
     """Rewrite the manifest that the conversion copied next to the `.om` files so that its file
     records describe this directory (the `.om` graphs and processor files, not the ONNX ones)."""
     manifest = Manifest.load(directory)
-    names = [manifest.graph_path(name, ".om").name for name in GRAPH_NAMES] + list(manifest.processor_files)
+    names = [manifest.graph_path(name, ".om").name for name in manifest.graph_names] + list(manifest.processor_files)
     recorded = replace(manifest, files=record_files(manifest.directory, names, progress=progress))
     recorded.write()
     return recorded

@@ -8,6 +8,10 @@ description), the sequence layout (L = 1 + patches + max text tokens, KV capacit
 dim), the special token ids and the action norm stats, and (since file records were added) the
 size and SHA-256 of every file the export or conversion produced (`files`). A manifest without
 `files` still loads: its files are then only checked for presence.
+
+An OpenVLA-OFT export (`model_family` "oft") holds `OFT_GRAPH_NAMES` instead (no decoder: one
+bidirectional pass over the prompt and the action placeholders) and an "oft" section: the chunk
+layout (chunk, action dim, proprio dim, number of images, normalization) and the pass's length.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from openvla_ros.model_files import FileRecord, InvalidModelFile, MissingModelFile, read_json
+from openvla_ros.oft import ChunkLayout
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "openvla-ros-graphs"
@@ -29,6 +34,10 @@ MANIFEST_REMEDY = "re-copy the export directory, or re-export it (`openvla-ros e
 
 # Execution order of the split graphs; also the file stems (`<name>.onnx` / `<name>.om`).
 GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder")
+# OpenVLA-OFT: vision and projector run once per image, then one pass and the action head.
+OFT_GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "proprio_projector", "oft_llm",
+                                    "action_head")
+MODEL_FAMILIES: tuple[str, ...] = ("openvla", "oft")
 DTYPES: tuple[str, ...] = ("fp32", "fp16")
 TENSOR_DTYPES: tuple[str, ...] = ("float32", "float16", "int64")
 
@@ -143,6 +152,13 @@ class Manifest:
     processor_files: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
     files: dict[str, FileRecord] = field(default_factory=dict)  # file name -> size + SHA-256
+    family: str = "openvla"  # "oft": an OpenVLA-OFT export, with `chunk_layout`
+    chunk_layout: ChunkLayout | None = None
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        """The graphs of this export, in execution order."""
+        return graph_names_of(self.family, self.chunk_layout)
 
     def graph_path(self, name: str, suffix: str) -> Path:
         """Path of graph `name` with `suffix` (".onnx" or ".om") in this directory."""
@@ -169,12 +185,18 @@ class Manifest:
                 "pad_to_multiple_of": self.action_tokens.pad_to_multiple_of,
                 "n_action_bins": self.action_tokens.n_action_bins,
             },
-            "graphs": {name: self.graphs[name].to_json() for name in GRAPH_NAMES},
+            "graphs": {name: self.graphs[name].to_json() for name in self.graph_names},
             "norm_stats": self.norm_stats,
             "processor_files": list(self.processor_files),
             **({"files": {name: record.to_json() for name, record in self.files.items()}} if self.files else {}),
+            **self._family_json(),
             **self.extra,
         }
+
+    def _family_json(self) -> dict[str, Any]:
+        if self.family == "openvla":
+            return {}
+        return {"model_family": self.family, "oft": self.chunk_layout.to_json()}
 
     def write(self) -> Path:
         path = self.directory / MANIFEST_FILE
@@ -205,9 +227,14 @@ class Manifest:
 
     @classmethod
     def _from_json(cls, directory: Path, data: dict[str, Any]) -> "Manifest":
-        missing = [g for g in GRAPH_NAMES if g not in data.get("graphs", {})]
+        family = str(data.get("model_family", "openvla"))
+        if family not in MODEL_FAMILIES:
+            raise ValueError(f"model_family {family!r}; expected one of {MODEL_FAMILIES}")
+        chunk_layout = ChunkLayout.from_json(data["oft"]) if family == "oft" else None
+        names = graph_names_of(family, chunk_layout)
+        missing = [g for g in names if g not in data.get("graphs", {})]
         if missing:
-            raise ValueError(f"graphs {missing} missing; expected all of {GRAPH_NAMES}")
+            raise ValueError(f"graphs {missing} missing; expected all of {names}")
         if data["dtype"] not in DTYPES:
             raise ValueError(f"dtype {data['dtype']!r}; expected one of {DTYPES}")
         seq = data["sequence"]
@@ -219,7 +246,8 @@ class Manifest:
         if layout.length != int(seq["length"]) or layout.kv_capacity != int(seq["kv_capacity"]):
             raise ValueError(f"sequence length/kv_capacity disagree with its parts: {seq}")
         known = {"format", "format_version", "model_name", "dtype", "opset", "sequence", "image_shape",
-                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files", "files"}
+                 "tokens", "action_tokens", "graphs", "norm_stats", "processor_files", "files", "model_family",
+                 "oft"}
         return cls(
             directory=directory,
             model_name=str(data["model_name"]),
@@ -230,9 +258,20 @@ class Manifest:
             bos_token_id=None if data["tokens"]["bos_token_id"] is None else int(data["tokens"]["bos_token_id"]),
             pad_token_id=int(data["tokens"]["pad_token_id"]),
             action_tokens=ActionTokens(**{k: int(v) for k, v in data["action_tokens"].items()}),
-            graphs={name: GraphSpec.from_json(name, data["graphs"][name]) for name in GRAPH_NAMES},
+            graphs={name: GraphSpec.from_json(name, data["graphs"][name]) for name in names},
             norm_stats=data["norm_stats"],
             processor_files=tuple(data["processor_files"]),
             extra={k: v for k, v in data.items() if k not in known},
             files={str(name): FileRecord.from_json(record) for name, record in data.get("files", {}).items()},
+            family=family,
+            chunk_layout=chunk_layout,
         )
+
+
+def graph_names_of(family: str, chunk_layout: ChunkLayout | None) -> tuple[str, ...]:
+    """The graphs an export of `family` holds (an OFT model without proprio has no proprio projector)."""
+    if family == "openvla":
+        return GRAPH_NAMES
+    if chunk_layout is None:
+        raise ValueError("an OFT manifest needs its chunk layout")
+    return tuple(n for n in OFT_GRAPH_NAMES if n != "proprio_projector" or chunk_layout.uses_proprio)

@@ -120,9 +120,7 @@ class GraphPipeline:
         captured: dict[str, np.ndarray] = {}
 
         def timed(graph: str, inputs: dict, outputs: dict) -> None:
-            t0 = time.perf_counter()
-            rt.run(graph, inputs, outputs)
-            stage_ms[graph] = stage_ms.get(graph, 0.0) + (time.perf_counter() - t0) * 1e3
+            rt.run_timed(graph, inputs, outputs, stage_ms)
 
         t0 = time.perf_counter()
         rt.write(b["pixel_values"], pixel_values)

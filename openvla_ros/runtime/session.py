@@ -12,6 +12,7 @@ report the bytes crossing the boundary (zero KV bytes per decode step).
 """
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
@@ -115,6 +116,13 @@ class GraphRuntime(ABC):
         if {id(b) for b in inputs.values()} & {id(b) for b in outputs.values()}:
             raise ValueError(f"{graph}: a buffer is bound as both input and output; use a second buffer")
         self._execute(spec, inputs, outputs)
+
+    def run_timed(self, graph: str, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer],
+                  stage_ms: dict[str, float]) -> None:
+        """`run`, adding its wall time in milliseconds to `stage_ms[graph]`."""
+        t0 = time.perf_counter()
+        self.run(graph, inputs, outputs)
+        stage_ms[graph] = stage_ms.get(graph, 0.0) + (time.perf_counter() - t0) * 1e3
 
     @abstractmethod
     def _load(self, spec: GraphSpec, path: Path) -> None: ...

@@ -164,7 +164,7 @@ def test_om_conversion_takes_the_graphs_the_manifest_lists(tiny_oft_onnx_export,
     from conftest import REPO_ROOT
 
     proc = subprocess.run(["/bin/bash", str(REPO_ROOT / "scripts" / "convert_onnx_to_om.sh"), "--onnx",
-                           str(tiny_oft_onnx_export), "--out", str(tmp_path / "om"), "--dry-run"],
+                           str(tiny_oft_onnx_export), "--out", str(tmp_path / "om"), "--dry-run", "--allow-fp32"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     converted = [line.split("--output=")[1].split()[0].rsplit("/", 1)[1]

@@ -3,7 +3,8 @@ model_dir:=/models/openvla-7b-onnx unnorm_key:=bridge_orig image_topic:=/camera/
 
 Parameters come from `params_file` (default: the package's config/policy.yaml); any argument below
 left empty keeps the file's value. The node is a lifecycle node: this file emits `configure` on
-start and `activate` once it reaches inactive (so `autostart` is forced off here).
+start and `activate` once it first reaches inactive (so `autostart` is forced off here); after that,
+`ros2 lifecycle set` drives it.
 """
 import lifecycle_msgs.msg
 from launch import LaunchDescription
@@ -44,8 +45,10 @@ def _policy_node(context):
     )
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                             transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
+    # Once: after start-up the lifecycle is the operator's (`ros2 lifecycle set`); a later configure
+    # must leave the node inactive, not have this file activate it behind their back.
     activate_when_inactive = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive", handle_once=True,
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                               transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
     return [activate_when_inactive, node, configure]

@@ -116,7 +116,7 @@ def test_ros2_topic_echo_and_hz_show_actions(launched):
         camera = threading.Thread(target=publish_frames, daemon=True)
         camera.start()
         try:
-            echo = ros2("topic", "echo", "--once", "action/twist")
+            echo = ros2("topic", "echo", "--once", "--no-daemon", "action/twist", "geometry_msgs/msg/TwistStamped")
             hz = Ros2Process("topic", "hz", "action")
             rate = hz.read_until("average rate:")
             hz.ctrl_c()

@@ -107,13 +107,17 @@ class _SkippedLaunchTest(pytest.Module):
 
 
 def pytest_pycollect_makemodule(module_path, parent):
+    if module_path.parent != LAUNCH_TESTS_DIR:
+        # Only test/launch_tests/ holds launch tests; every other module is collected the plain way.
+        # launch_testing's plugin would import it inside this hook, where a module-level skip
+        # (pytest.importorskip, pytest.skip) ends the collection of the whole directory.
+        return pytest.Module.from_parent(parent, path=module_path)
     # Without the tooling a launch test cannot even be imported: report it skipped with the reason.
     # With it, launch_testing's pytest plugin collects the file (one item per launch test).
-    if module_path.parent == LAUNCH_TESTS_DIR and module_path.name.startswith("test_"):
-        problem = ros2_tooling_problem()
-        _launch_test_files[module_path.name] = f"skipped: {problem}" if problem else "collected"
-        if problem:
-            return _SkippedLaunchTest.from_parent(parent, path=module_path)
+    problem = ros2_tooling_problem()
+    _launch_test_files[module_path.name] = f"skipped: {problem}" if problem else "collected"
+    if problem:
+        return _SkippedLaunchTest.from_parent(parent, path=module_path)
     return None
 
 

@@ -3,7 +3,7 @@ venv's) or on PATH (a ROS 2 install), this run's ROS domain (inherited).
 
 Commands about a node run without the ros2 daemon (none outlives a test), so each one discovers
 the graph itself within its --spin-time; on a loaded machine that can miss the node, and then the
-command is repeated (a retry on "not found", not a time limit)."""
+command is repeated with a longer spin (a retry on "not found", not a time limit)."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 CLI_TIMEOUT_S = 120.0  # a guard against a hung command, not a speed requirement
-DISCOVERY = ("--no-daemon", "--spin-time", "1")
-DISCOVERY_ATTEMPTS = 5
+SPIN_TIMES_S = (1, 2, 4, 8, 16)  # discovery time of each attempt
 
 
 def ros2_executable() -> str:
@@ -32,8 +31,8 @@ def ros2(*args: str) -> subprocess.CompletedProcess:
 def ros2_on_node(verb: str, command: str, node: str, *args: str) -> subprocess.CompletedProcess:
     """`ros2 VERB COMMAND NODE ARGS...` (lifecycle get/set, param get/set), repeated while the
     command's own discovery has not seen the node yet."""
-    for _ in range(DISCOVERY_ATTEMPTS):
-        result = ros2(verb, command, *DISCOVERY, node, *args)
+    for spin_time in SPIN_TIMES_S:
+        result = ros2(verb, command, "--no-daemon", "--spin-time", str(spin_time), node, *args)
         if "not found" not in (result.stdout + result.stderr).lower():
             break
     return result

@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY  # noqa: E402
-from ros2_cli import ros2, ros2_executable, ros2_on_node, lifecycle_state  # noqa: E402
+from ros2_cli import lifecycle_state, ros2, ros2_executable, ros2_on_node  # noqa: E402
 from ros_probe import LATCHED, Probe  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -16,18 +16,17 @@ import launch_testing.asserts
 import pytest
 import rclpy
 import yaml
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import parameter_value_to_python
 
 from conftest import ensure_demo_model
+from installed_launch import include_installed, installed_launch_file
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
 from ros2_cli import ros2
 
-POLICY_LAUNCH = Path(get_package_share_directory("openvla_ros")) / "launch" / "policy.launch.py"
 STARTUP_TIMEOUT_S = 300.0  # guards for a loaded machine, not speed requirements
 DISCOVERY_TIMEOUT_S = 60.0
 # From the params file; backend is overridden by the argument of the same name.
@@ -49,7 +48,7 @@ def generate_test_description():
         yaml.safe_dump({"/**": {"ros__parameters": PARAMS_FILE_VALUES}}, f)
     arguments = launch_arguments(Path(name), model_dir)
     description = LaunchDescription([
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(POLICY_LAUNCH)), launch_arguments=arguments.items()),
+        include_installed("policy.launch.py", arguments),
         launch_testing.actions.ReadyToTest(),
     ])
     return description, {"arguments": arguments}
@@ -57,7 +56,7 @@ def generate_test_description():
 
 class TestArguments(unittest.TestCase):
     def test_every_declared_argument_is_exercised(self, arguments) -> None:
-        source = PythonLaunchDescriptionSource(str(POLICY_LAUNCH)).try_get_launch_description_without_context()
+        source = PythonLaunchDescriptionSource(str(installed_launch_file("policy.launch.py"))).try_get_launch_description_without_context()
         declared = {e.name for e in source.entities if isinstance(e, DeclareLaunchArgument)}
         self.assertEqual(set(arguments), declared)
 

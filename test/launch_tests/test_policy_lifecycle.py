@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import threading
 import unittest
-from pathlib import Path
 
 import launch_testing.actions
 import launch_testing.asserts
 import pytest
 import rclpy
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
 from lifecycle_msgs.msg import TransitionEvent
 from rclpy.executors import SingleThreadedExecutor
 
 from conftest import ensure_demo_model
+from installed_launch import include_installed
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
 from ros2_cli import lifecycle_state, ros2_on_node
 
@@ -36,10 +33,9 @@ CLI_TRANSITIONS = [("deactivate", "inactive", None), ("cleanup", "unconfigured",
 @pytest.mark.launch_test
 def generate_test_description() -> LaunchDescription:
     model_dir = ensure_demo_model() / "onnx"
-    policy_launch = Path(get_package_share_directory("openvla_ros")) / "launch" / "policy.launch.py"
     return LaunchDescription([
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(policy_launch)), launch_arguments={
-            "backend": "onnxruntime", "model_dir": str(model_dir), "unnorm_key": DEMO_UNNORM_KEY}.items()),
+        include_installed("policy.launch.py", {
+            "backend": "onnxruntime", "model_dir": str(model_dir), "unnorm_key": DEMO_UNNORM_KEY}),
         launch_testing.actions.ReadyToTest(),
     ])
 

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import time
 import unittest
-from pathlib import Path
 
 import launch_testing.actions
 import launch_testing.asserts
 import pytest
 import rclpy
-from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from launch import LaunchDescription
-from launch.actions import IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from conftest import ensure_demo_model
+from installed_launch import include_installed
 from openvla_ros.actions import POSE_LABELS
 from openvla_ros.demo.closed_loop import DEMO_INSTRUCTION_TOPIC
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
@@ -41,12 +38,11 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 @pytest.mark.launch_test
 def generate_test_description() -> LaunchDescription:
     model_dir = ensure_demo_model() / "onnx"
-    bringup = Path(get_package_share_directory("openvla_ros")) / "launch" / "sim_in_the_loop.launch.py"
     return LaunchDescription([
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(bringup)), launch_arguments={
+        include_installed("sim_in_the_loop.launch.py", {
             "backend": "onnxruntime", "model_dir": str(model_dir), "unnorm_key": DEMO_UNNORM_KEY,
             "task_suite": "libero_object", "task_id": "0", "init_state_id": "0", "max_steps": str(MAX_STEPS),
-            "instruction_topic": DEMO_INSTRUCTION_TOPIC}.items()),
+            "instruction_topic": DEMO_INSTRUCTION_TOPIC}),
         launch_testing.actions.ReadyToTest(),
     ])
 

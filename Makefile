@@ -8,6 +8,16 @@ STAMP       := $(VENV)/.openvla_ros-installed
 APT_PKGS    := libegl1 libgl1-mesa-dri libegl-mesa0
 REQS        := requirements.txt requirements-ros.txt requirements-nodeps.txt setup.py
 PYTEST_ARGS ?=
+# ROS 2 launch tooling (launch, launch_testing, ros2cli, colcon) for the venv, when this folder is
+# beside the clone (development machines, CI); see ../shared/ros2_launch/README.md.
+ROS2_LAUNCH ?= ../shared/ros2_launch
+ROS2_STAMP  := $(VENV)/.ros2_launch-installed
+# `colcon build --symlink-install` of this package into install/ (ament index, lib/openvla_ros,
+# share/openvla_ros), linked to this clone's sources; `source install/setup.sh` to use it.
+COLCON_STAMP := build/.openvla_ros-colcon-built
+ifneq ($(wildcard $(ROS2_LAUNCH)/install.sh),)
+ROS2_TARGETS := $(ROS2_STAMP) $(COLCON_STAMP)
+endif
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
@@ -18,8 +28,9 @@ help:
 	@echo "make test   - set up and run every test"
 	@echo "make setup  - create $(VENV) with ROS 2 wheels, ML deps and the simulator"
 	@echo "make bench  - backend benchmark (JSON) on a generated small checkpoint"
+	@echo "              with ../shared/ros2_launch: setup also colcon-builds install/ (ros2 launch/run)"
 
-setup: apt $(STAMP)
+setup: apt $(STAMP) $(ROS2_TARGETS)
 
 # The EGL renderer needs Mesa's EGL; install it only when missing (root or sudo).
 apt:
@@ -37,6 +48,17 @@ $(STAMP): $(REQS)
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+$(ROS2_STAMP): $(STAMP) $(ROS2_LAUNCH)/install.sh $(wildcard $(ROS2_LAUNCH)/wheels/*.whl)
+	$(ROS2_LAUNCH)/install.sh $(VENV) --colcon
+	touch $(ROS2_STAMP)
+
+# Rebuilt when a file it installs is added or changed (the sources themselves are linked).
+$(COLCON_STAMP): $(ROS2_STAMP) setup.py setup.cfg package.xml resource/openvla_ros \
+		$(wildcard launch/*.launch.py config/*.yaml scripts/*.sh)
+	$(VENV)/bin/colcon build --symlink-install --base-paths . --packages-select openvla_ros \
+		--event-handlers console_direct-
+	touch $(COLCON_STAMP)
 
 test: setup
 	$(PY) -m pytest test $(PYTEST_ARGS)

@@ -19,6 +19,8 @@ setup(
     # ROS dependencies come from rosdep (package.xml) or the ROS wheels in requirements-ros.txt;
     # the ML and simulator dependencies are pinned in requirements*.txt.
     install_requires=["setuptools"],
+    # `colcon test` runs pytest (rather than unittest) for a package that lists it here.
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="openvla_ros maintainers",
     maintainer_email="maintainers@openvla-ros.dev",

@@ -1,10 +1,16 @@
-"""Shared test setup: an isolated ROS 2 domain per test run, loopback-only discovery, and
-paths to the shared official fixture (skipped with a reason when ../shared is absent)."""
+"""Shared test setup: an isolated ROS 2 domain per test run, loopback-only discovery, paths to
+the shared official fixture (skipped with a reason when ../shared is absent), and the ROS 2
+tooling the launch tests need (test/launch_tests/: collected, counted and run when it is there,
+skipped with the reason when not)."""
 from __future__ import annotations
 
+import filecmp
 import importlib.util
 import os
 import random
+import subprocess
+import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,26 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_official_tiny"
 SHARED_OFT_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_oft_tiny"
+LAUNCH_TESTS_DIR = REPO_ROOT / "test" / "launch_tests"
+# Where `make setup` colcon-builds the package (--symlink-install, linked to this checkout).
+COLCON_PREFIX = REPO_ROOT / "install" / "openvla_ros"
+ROS2_TOOLING = ("launch", "launch_ros", "launch_testing", "launch_testing_ros", "ros2cli")
+
+
+def _add_path(variable: str, entry: Path, *, first: bool) -> None:
+    parts = [p for p in os.environ.get(variable, "").split(os.pathsep) if p and p != str(entry)]
+    os.environ[variable] = os.pathsep.join([str(entry), *parts] if first else [*parts, str(entry)])
+
+
+# Every node a test starts (directly, or by a launch file through lib/openvla_ros) runs this
+# checkout's code, whatever else the environment has installed.
+_add_path("PYTHONPATH", REPO_ROOT, first=True)
+# ROS 2 tools (ros2 launch/run, launch_ros) find packages through the ament index: this checkout's
+# colcon prefix first, the venv's ROS wheels (message packages) last.
+if (Path(sys.prefix) / "share" / "ament_index").is_dir():
+    _add_path("AMENT_PREFIX_PATH", Path(sys.prefix), first=False)
+if (COLCON_PREFIX / "share" / "ament_index" / "resource_index" / "packages" / "openvla_ros").is_file():
+    _add_path("AMENT_PREFIX_PATH", COLCON_PREFIX, first=True)
 
 # One domain per pytest run so parallel runs (CI next to a developer) never see each other's
 # topics; set before any test process imports rclpy, and inherited by every node subprocess.
@@ -64,18 +90,82 @@ def small_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("small_checkpoint") / "openvla-small", seed=0, size="small")
 
 
-class _LaunchTestWithoutLaunchTesting(pytest.Module):
+@cache
+def ros2_tooling_problem() -> str | None:
+    """Why the launch tests and `ros2` commands cannot run here, or None: the ROS 2 launch tooling
+    must be importable and the ament index must give this checkout's launch and config files."""
+    missing = [name for name in ROS2_TOOLING if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"ROS 2 {', '.join(missing)} not installed: `make setup` installs them when ../shared/ros2_launch "
+                "is present; on a ROS 2 install they come with the distribution (package.xml test_depend)")
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        share = Path(get_package_share_directory("openvla_ros"))
+    except (PackageNotFoundError, OSError):
+        return ("openvla_ros is not in the ament index (AMENT_PREFIX_PATH): `make setup` colcon-builds it into "
+                "install/; in a ROS 2 workspace, `colcon build` and source install/setup.bash")
+    sources = [*REPO_ROOT.glob("launch/*.launch.py"), *REPO_ROOT.glob("config/*.yaml")]
+    stale = [str(f.relative_to(REPO_ROOT)) for f in sources
+             if not (share / f.parent.name / f.name).is_file()
+             or not filecmp.cmp(f, share / f.parent.name / f.name, shallow=False)]
+    if stale:
+        return f"the ament index's openvla_ros ({share}) differs from this checkout in {stale}: re-run `make setup`"
+    return None
+
+
+# Launch test file name -> "collected" or why it was skipped; reported after collection.
+_launch_test_files: dict[str, str] = {}
+
+
+class _SkippedLaunchTest(pytest.Module):
     def collect(self):
-        pytest.skip("launch_testing is not installed: run this closed-loop launch test on a ROS 2 install "
-                    "(`launch_test` or colcon test); the same loop runs in test_bridge_node.py without it")
+        pytest.skip(ros2_tooling_problem())
 
 
 def pytest_pycollect_makemodule(module_path, parent):
-    # launch_testing's own pytest plugin collects `*.launch.py` tests; without it pytest cannot even
-    # import such a file (the dot in its name), so report it as skipped with the reason instead.
-    if module_path.name.endswith(".launch.py") and importlib.util.find_spec("launch_testing") is None:
-        return _LaunchTestWithoutLaunchTesting.from_parent(parent, path=module_path)
+    if module_path.parent != LAUNCH_TESTS_DIR:
+        # Only test/launch_tests/ holds launch tests; every other module is collected the plain way.
+        # launch_testing's plugin would import it inside this hook, where a module-level skip
+        # (pytest.importorskip, pytest.skip) ends the collection of the whole directory.
+        return pytest.Module.from_parent(parent, path=module_path)
+    # Without the tooling a launch test cannot even be imported: report it skipped with the reason.
+    # With it, launch_testing's pytest plugin collects the file (one item per launch test).
+    problem = ros2_tooling_problem()
+    _launch_test_files[module_path.name] = f"skipped: {problem}" if problem else "collected"
+    if problem:
+        return _SkippedLaunchTest.from_parent(parent, path=module_path)
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    # A launch test file that launch_testing did not take (no @pytest.mark.launch_test on its
+    # generate_test_description) would run as plain unittest cases with nothing launched.
+    plain = sorted({item.path.name for item in items
+                    if item.path.parent == LAUNCH_TESTS_DIR and type(item).__name__ != "LaunchTestItem"})
+    if plain:
+        raise pytest.UsageError(f"test/launch_tests/{', '.join(plain)}: not collected as launch tests; mark "
+                                "generate_test_description with @pytest.mark.launch_test")
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    if not _launch_test_files:
+        return []
+    collected = sorted(item.path.name for item in items if item.path.parent == LAUNCH_TESTS_DIR)
+    lines = [f"launch tests: {len(collected)} collected ({', '.join(collected) or 'none'})"]
+    lines += [f"launch tests: {name} {state}" for name, state in sorted(_launch_test_files.items())
+              if state != "collected"]
+    return lines
+
+
+def ensure_demo_model() -> Path:
+    """The demo model (`openvla-ros make-demo --out models/demo --skip-if-exists`): built once, in a
+    few minutes, and reused by later runs and by `make demo`. Holds checkpoint/, onnx/ and
+    training_report.json."""
+    out = REPO_ROOT / "models" / "demo"
+    subprocess.run([sys.executable, "-m", "openvla_ros.cli", "make-demo", "--out", str(out), "--skip-if-exists"],
+                   check=True, cwd=REPO_ROOT)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -104,16 +194,8 @@ def small_onnx_export(small_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    """The demo model (`openvla-ros make-demo --out models/demo --skip-if-exists`): built once, in a
-    few minutes, and reused by later runs and by `make demo`. Holds checkpoint/, onnx/ and
-    training_report.json."""
-    import subprocess
-    import sys
-
-    out = REPO_ROOT / "models" / "demo"
-    subprocess.run([sys.executable, "-m", "openvla_ros.cli", "make-demo", "--out", str(out), "--skip-if-exists"],
-                   check=True, cwd=REPO_ROOT)
-    return out
+    """The demo model, built once (see ensure_demo_model)."""
+    return ensure_demo_model()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""launch/sim.launch.py and config/bridge.yaml agree with the bridge node, checked without the ROS 2
-`launch` packages (the venv has none): the launch file is parsed, not run."""
+"""launch/sim.launch.py, sim_in_the_loop.launch.py and config/bridge.yaml agree with the bridge node,
+checked without the ROS 2 `launch` packages: the launch files are parsed, not run (they run in
+test/launch_tests/)."""
 from __future__ import annotations
 
 import ast
@@ -74,21 +75,35 @@ def test_launch_argument_strings_become_typed_overrides():
         launch_overrides({"task_id": "three"})
 
 
-def test_closed_loop_launch_test_uses_declared_arguments(launch_tree):
-    """test_sim_in_the_loop.launch.py only runs on a ROS 2 install; here: it parses, and every
-    argument it passes is one the included launch file declares."""
-    tree = ast.parse((REPO_ROOT / "test" / "test_sim_in_the_loop.launch.py").read_text())
+def declared_arguments(path) -> set[str]:
+    """Names of a launch file's arguments: DeclareLaunchArgument("name", ...) and the keys of its
+    *_ARGUMENTS tables that it declares in a loop."""
+    tree = ast.parse(path.read_text())
+    names = {ast.literal_eval(c.args[0]) for c in calls(tree, "DeclareLaunchArgument")
+             if c.args and isinstance(c.args[0], ast.Constant)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "").endswith("_ARGUMENTS"):
+            names |= {ast.literal_eval(key) for key in node.value.keys}
+    return names
+
+
+def test_bring_up_passes_each_include_only_arguments_it_declares():
+    """sim_in_the_loop.launch.py scopes each include to the arguments it lists; every one of them
+    must be an argument of the included file (a misspelt one would be ignored silently)."""
+    bringup = REPO_ROOT / "launch" / "sim_in_the_loop.launch.py"
+    tree = ast.parse(bringup.read_text())
+    tables = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "").endswith("_ARGUMENTS")}
     includes = {}
-    for call in calls(tree, "IncludeLaunchDescription"):
-        argument_dict = keywords(call)["launch_arguments"].func.value  # {...}.items()
-        includes[ast.unparse(call.args[0])] = {ast.literal_eval(key) for key in argument_dict.keys}
-    (sim_args,) = [args for source, args in includes.items() if "sim.launch.py" in source]
-    declared = set(parameter_arguments(launch_tree))
-    assert sim_args <= declared, sim_args - declared
-    (policy_args,) = [args for source, args in includes.items() if "policy.launch.py" in source]
-    policy_launch = REPO_ROOT / "launch" / "policy.launch.py"
-    if policy_launch.is_file():
-        policy_tree = ast.parse(policy_launch.read_text())
-        policy_declared = {ast.literal_eval(c.args[0]) for c in calls(policy_tree, "DeclareLaunchArgument")
-                           if c.args and isinstance(c.args[0], ast.Constant)}
-        assert policy_args <= policy_declared, policy_args - policy_declared
+    for call in calls(tree, "_scoped_include"):
+        launch_file, arguments = ast.literal_eval(call.args[0]), call.args[1]
+        fixed = {ast.literal_eval(k) for k in arguments.keys if k is not None}
+        forwarded = {name for v in arguments.values if isinstance(v, ast.DictComp)
+                     for name in tables[v.generators[0].iter.id]}
+        includes[launch_file] = fixed | forwarded
+    assert set(includes) == {"sim.launch.py", "policy.launch.py"}
+    for launch_file, passed in includes.items():
+        declared = declared_arguments(REPO_ROOT / "launch" / launch_file)
+        assert passed <= declared, (launch_file, passed - declared)
+    assert {"task_suite", "task_id", "max_steps", "mode", "call_policy_step", "policy_step"} <= includes["sim.launch.py"]
+    assert {"backend", "model_dir", "unnorm_key", "instruction_topic", "params_file"} <= includes["policy.launch.py"]

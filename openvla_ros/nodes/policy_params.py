@@ -110,3 +110,42 @@ def parse_action_limits(values, action_dim: int | None) -> np.ndarray | None:
     if bad:
         raise ValueError(f"action_limits: min > max (or NaN) for dimension(s) {bad}")
     return limits
+
+
+def launch_overrides(arguments: dict[str, str]) -> dict[str, Any]:
+    """Typed parameter overrides from launch-argument strings; "" keeps the params file's value.
+
+    A bad value raises ValueError naming the argument, the value and what it accepts, so a launch
+    stops before it starts a node that would refuse the value later (or crash declaring it)."""
+    overrides = {}
+    for name, text in arguments.items():
+        if text == "":
+            continue
+        spec = PARAMS[name]
+        try:
+            value = _parse_text(text, type(spec.default))
+            _check_range(spec, value)
+            check_value(name, value)
+        except ValueError as exc:
+            raise ValueError(f"launch argument {name}:={text}: {exc}") from None
+        overrides[name] = value
+    return overrides
+
+
+def _parse_text(text: str, kind: type) -> Any:
+    if kind is str:
+        return text
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return text.lower() == "true"
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError("expected an integer" if kind is int else "expected a number") from None
+
+
+def _check_range(spec: ParamSpec, value: Any) -> None:
+    bounds = spec.float_range or spec.int_range
+    if bounds and not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"expected a value in [{bounds[0]}, {bounds[1]}]")

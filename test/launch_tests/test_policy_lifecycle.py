@@ -1,0 +1,78 @@
+"""The policy node's lifecycle under the installed `policy.launch.py`: the file's event handlers
+configure it on start and activate it once it is inactive; then `ros2 lifecycle set` takes it
+through deactivate / cleanup / configure / activate, each step confirmed by the node's own
+transition events, and the states that matter by `ros2 lifecycle get`: active after start-up,
+inactive after `configure` (the launch file activates only once), active at the end. The node
+exits with 0 when the launch shuts down.
+"""
+from __future__ import annotations
+
+import threading
+import unittest
+
+import launch_testing.actions
+import launch_testing.asserts
+import pytest
+import rclpy
+from launch import LaunchDescription
+from lifecycle_msgs.msg import TransitionEvent
+from rclpy.executors import SingleThreadedExecutor
+
+from conftest import ensure_demo_model
+from installed_launch import include_installed
+from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
+from ros2_cli import lifecycle_state, ros2_on_node
+
+NODE = "/policy_node"
+STARTUP_TIMEOUT_S = 300.0  # a guard for a loaded machine (imports, model load), not a speed requirement
+# ros2 lifecycle set TRANSITION -> the state it ends in; `ros2 lifecycle get` checks the ones with its answer.
+CLI_TRANSITIONS = [("deactivate", "inactive", None), ("cleanup", "unconfigured", None),
+                   ("configure", "inactive", "inactive [2]"), ("activate", "active", "active [3]")]
+
+
+@pytest.mark.launch_test
+def generate_test_description() -> LaunchDescription:
+    model_dir = ensure_demo_model() / "onnx"
+    return LaunchDescription([
+        include_installed("policy.launch.py", {
+            "backend": "onnxruntime", "model_dir": str(model_dir), "unnorm_key": DEMO_UNNORM_KEY}),
+        launch_testing.actions.ReadyToTest(),
+    ])
+
+
+class TestLifecycle(unittest.TestCase):
+    def test_event_handlers_then_ros2_lifecycle(self, proc_output) -> None:
+        # The launch file's handlers: configure on start, activate on reaching inactive.
+        proc_output.assertWaitFor("active, mode continuous", timeout=STARTUP_TIMEOUT_S)
+        self.assertEqual(lifecycle_state(NODE), "active [3]")
+
+        rclpy.init()
+        node = rclpy.create_node("lifecycle_probe")
+        goals: list[str] = []
+        node.create_subscription(TransitionEvent, f"{NODE}/transition_event",
+                                 lambda event: goals.append(event.goal_state.label), 10)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        try:
+            for transition, _, answer in CLI_TRANSITIONS:
+                result = ros2_on_node("lifecycle", "set", NODE, transition)
+                self.assertIn("Transitioning successful", result.stdout, f"{transition}: {result.stdout}{result.stderr}")
+                if answer:
+                    # After `configure` the node stays inactive: the launch file's activate handler ran once.
+                    self.assertEqual(lifecycle_state(NODE), answer, transition)
+        finally:
+            executor.shutdown()
+            node.destroy_node()
+            rclpy.shutdown()
+            spinner.join()
+        primary = [label for label in goals if label in ("unconfigured", "inactive", "active")]
+        self.assertEqual(primary, [state for _, state, _ in CLI_TRANSITIONS])
+
+
+@launch_testing.post_shutdown_test()
+class TestShutdown(unittest.TestCase):
+    def test_policy_node_exits_with_0(self, proc_info) -> None:
+        self.assertEqual([name.split("-")[0] for name in proc_info.process_names()], ["policy_node"])
+        launch_testing.asserts.assertExitCodes(proc_info)

@@ -321,6 +321,28 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
         assert probe.set_parameter("action_timeout_s", BRIDGE_PARAMS["action_timeout_s"])
 
 
+def test_openvla_image_preprocess_publishes_what_openvla_feeds_the_policy(bridge):
+    """image_preprocess openvla: both cameras carry OpenVLA's 224 x 224 policy image (JPEG round
+    trip + Lanczos resize) of the frame the simulator renders for that state."""
+    from openvla_ros.sim.libero_env import LiberoEnv
+    from openvla_ros.tf_image import openvla_policy_image
+
+    process, probe = bridge
+    assert probe.set_parameter("image_preprocess", "openvla")
+    try:
+        probe.start_manual_episode()
+        frame, wrist = probe.all("image")[0], probe.all("wrist/image")[0]
+        for image in (frame, wrist):
+            assert (image.height, image.width, image.encoding, image.step) == (224, 224, "rgb8", 672)
+        with LiberoEnv("libero_spatial", 0, camera_size=128) as env:
+            rendered = env.reset(BRIDGE_PARAMS["init_state_id"], BRIDGE_PARAMS["num_steps_wait"])
+        for image, raw in ((frame, rendered.agentview), (wrist, rendered.wrist)):
+            published = np.frombuffer(bytes(image.data), np.uint8).reshape(224, 224, 3)
+            assert np.array_equal(published, openvla_policy_image(raw))
+    finally:
+        assert probe.set_parameter("image_preprocess", "none")
+
+
 def test_real_policy_node_drives_lockstep_episode(tiny_onnx_export, tmp_path):
     """The real policy node (ONNX Runtime, tiny random checkpoint, trigger mode) in the loop: every
     frame's step request yields an action for that frame, the episode runs to max_steps.

@@ -161,6 +161,7 @@ def test_bridge_config_defaults_and_suite_lengths():
     ("task_id", -1, "task_id must be >= 0"),
     ("init_state_id", -2, "init_state_id must be >= 0"),
     ("camera_size", 0, "camera_size must be > 0"),
+    ("image_preprocess", "jpeg", "image_preprocess must be one of"),
     ("mode", "fast", "mode must be one of"),
     ("control_rate_hz", 0.0, "control_rate_hz must be > 0"),
     ("action_timeout_s", -1.0, "action_timeout_s must be > 0"),

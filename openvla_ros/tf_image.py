@@ -154,13 +154,13 @@ def _lanczos3(x: np.float32) -> np.float32:
 
 def _gather(pixels: np.ndarray, starts: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     """Weighted sums of spans along `axis`, accumulated tap by tap in float32 (GatherRows/Columns).
-    Taps past the input's end are skipped, as the C++ loops stop at the input size."""
-    moved = np.moveaxis(pixels, axis, 0)
-    size = moved.shape[0]
-    out = np.zeros((len(starts),) + moved.shape[1:], np.float32)
+    A tap past the input's end (which the C++ loops skip) has weight 0 here and reads the last
+    pixel: it adds exactly +0.0, so the sums are the same."""
+    size = pixels.shape[axis]
+    shape = [1] * pixels.ndim
+    shape[axis] = len(starts)
+    out = np.zeros(pixels.shape[:axis] + (len(starts),) + pixels.shape[axis + 1:], np.float32)
     for tap in range(weights.shape[1]):
-        index = starts + tap
-        valid = index < size
-        contribution = weights[valid, tap].reshape((-1,) + (1,) * (moved.ndim - 1)) * moved[index[valid]]
-        out[valid] += contribution
-    return np.moveaxis(out, 0, axis)
+        index = np.minimum(starts + tap, size - 1)
+        out += weights[:, tap].reshape(shape) * np.take(pixels, index, axis=axis)
+    return out

@@ -9,6 +9,7 @@ this interpreter if it can import tensorflow; otherwise it skips with the reason
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ from openvla_ros.tf_image import (decode_jpeg, encode_jpeg, jpeg_round_trip, ope
                                   round_to_uint8)
 
 REFERENCE_SCRIPT = Path(__file__).parent / "tf_reference" / "openvla_image_path.py"
+# SHA-256 of TensorFlow 2.21's output at every stage for `_integer_frames`, so the comparison also
+# runs where TensorFlow is absent (CI); the TensorFlow test checks these against TensorFlow itself.
+RECORDED_DIGESTS = Path(__file__).parent / "tf_reference" / "openvla_image_path_tf2.21.json"
+STAGES = ("jpeg", "decoded", "resized", "final")
 
 
 def _random_frames(size: int, count: int, seed: int) -> dict[str, np.ndarray]:
@@ -35,6 +40,31 @@ def _random_frames(size: int, count: int, seed: int) -> dict[str, np.ndarray]:
             wave = np.sin(7.0 * x[:, None, None] + 4.0 * x[None, :, None] + phase)
             frames[f"smooth{size}_{k}"] = np.clip(128 + 160 * wave, 0, 255).astype(np.uint8)
     return frames
+
+
+def _integer_frames() -> dict[str, np.ndarray]:
+    """Frames from integer arithmetic only (no RNG stream, no libm), the same on every machine."""
+    frames = {}
+    for size in (128, 256):
+        i, j, c = (a.astype(np.uint32) for a in np.indices((size, size, 3)))
+        hashed = (i * np.uint32(1103515245) + j * np.uint32(12345) + c * np.uint32(2654435761)
+                  + i * j * np.uint32(97)) >> np.uint32(9)
+        frames[f"hash{size}"] = (hashed % 256).astype(np.uint8)
+        wave = (i * 3 + j * 5 + c * 40) % 512
+        frames[f"triangle{size}"] = np.where(wave < 256, wave, 511 - wave).astype(np.uint8)
+        frames[f"blocks{size}"] = np.where(((i // 9) + (j // 13) + c) % 3 == 0, 255, (i * 2) % 256).astype(np.uint8)
+    return frames
+
+
+def _stage_digests(frame: np.ndarray) -> dict[str, str]:
+    import hashlib
+
+    data = encode_jpeg(frame)
+    decoded = decode_jpeg(data)
+    resized = resize_lanczos3(decoded, 224, 224)
+    outputs = {"jpeg": data, "decoded": decoded.tobytes(), "resized": resized.astype("<f4").tobytes(),
+               "final": round_to_uint8(resized).tobytes()}
+    return {stage: hashlib.sha256(outputs[stage]).hexdigest() for stage in STAGES}
 
 
 # ----- properties (no TensorFlow) -----
@@ -82,6 +112,14 @@ def test_jpeg_round_trip_is_close_and_rejects_bad_input():
         decode_jpeg(b"not a jpeg")
 
 
+def test_integer_frames_match_tensorflows_recorded_output():
+    recorded = json.loads(RECORDED_DIGESTS.read_text())
+    frames = _integer_frames()
+    assert sorted(recorded["frames"]) == sorted(frames)
+    for name, frame in frames.items():
+        assert _stage_digests(frame) == recorded["frames"][name], name
+
+
 # ----- against TensorFlow -----
 @pytest.fixture(scope="module")
 def tf_python() -> str:
@@ -120,6 +158,19 @@ def _assert_bit_exact(frames: dict[str, np.ndarray], reference: dict[str, np.nda
 def test_random_frames_match_tensorflow_bit_for_bit(tf_python, tmp_path):
     frames = {**_random_frames(128, 6, 1), **_random_frames(256, 6, 2)}
     _assert_bit_exact(frames, _tensorflow_stages(tf_python, frames, tmp_path))
+
+
+def test_recorded_digests_are_tensorflows(tf_python, tmp_path):
+    import hashlib
+
+    frames = _integer_frames()
+    reference = _tensorflow_stages(tf_python, frames, tmp_path)
+    _assert_bit_exact(frames, reference)
+    tf_digests = {name: {stage: hashlib.sha256(reference[f"{name}.{stage}"].astype(
+        "<f4" if stage == "resized" else np.uint8).tobytes()).hexdigest() for stage in STAGES} for name in frames}
+    recorded = json.loads(RECORDED_DIGESTS.read_text())
+    assert recorded["tensorflow"] == str(reference["tensorflow_version"])
+    assert recorded["frames"] == tf_digests, f"TensorFlow's digests now: {json.dumps(tf_digests, indent=1)}"
 
 
 @pytest.mark.sim

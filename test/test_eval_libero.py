@@ -80,7 +80,8 @@ def test_protocol_preset_is_openvlas_published_settings():
         settings = protocol_settings("openvla", suite, 10)
         assert settings == {"tasks": list(range(10)), "episodes_per_task": 50, "camera_size": 256,
                             "num_steps_wait": 10, "max_steps": steps, "center_crop_scale": 0.9,
-                            "image_preprocess": "openvla", "unnorm_key": f"{suite}_no_noops", "seed": 0}
+                            "image_preprocess": "openvla", "unnorm_key": f"{suite}_no_noops",
+                            "reset_rng": "openvla", "seed": 0}
     protocol = protocol_settings("openvla", "libero_goal", 10)
     assert protocol_drift(protocol, dict(protocol)) == []
     assert protocol_drift(protocol, {**protocol, "camera_size": 128, "unnorm_key": "my_robot"}) == [
@@ -108,7 +109,8 @@ def test_official_finetune_off_protocol_is_refused_unless_allowed(tmp_path):
                             ({"image_preprocess": "none"}, "image_preprocess"),
                             ({"camera_size": 224}, "camera_size"), ({"num_steps_wait": 0}, "num_steps_wait"),
                             ({"max_steps": 100}, "max_steps"), ({"episodes_per_task": 5}, "episodes_per_task"),
-                            ({"tasks": (0,)}, "tasks"), ({"unnorm_key": "libero_goal_no_noops"}, "unnorm_key")):
+                            ({"tasks": (0,)}, "tasks"), ({"unnorm_key": "libero_goal_no_noops"}, "unnorm_key"),
+                            ({"reset_rng": "reseed"}, "reset_rng")):
         with pytest.raises(ProtocolDriftError, match=f"{setting}.*--allow-protocol-drift"):
             _official_config(tmp_path, **change).drift()
         drift = _official_config(tmp_path, allow_protocol_drift=True, **change).drift()

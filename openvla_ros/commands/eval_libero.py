@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from openvla_ros.evaluation.protocol import PROTOCOLS
     from openvla_ros.policy import BACKENDS
     from openvla_ros.sim.bridge_config import IMAGE_PREPROCESS
-    from openvla_ros.sim.libero_env import MAX_STEPS
+    from openvla_ros.sim.libero_env import MAX_STEPS, RESET_RNG_MODES
 
     parser.add_argument("--suite", choices=sorted(MAX_STEPS), required=True, help="LIBERO task suite")
     parser.add_argument("--tasks", default="all", help="task ids: 'all' (default) or e.g. '0', '0,3', '0-4'")
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=0, help="steps per episode (0 = the suite's protocol limit)")
     parser.add_argument("--num-steps-wait", type=int, default=10,
                         help="no-op steps after a reset before the first frame (protocol: 10)")
+    parser.add_argument("--reset-rng", choices=RESET_RNG_MODES, default="openvla",
+                        help="openvla: fixtures placed as in OpenVLA's evaluation (env seeded once per task, one reset "
+                             "per earlier init state; protocol); reseed: seed before every reset (no replayed resets)")
     parser.add_argument("--allow-protocol-drift", action="store_true",
                         help="run an official fine-tune with settings other than the protocol's (written into the results)")
     parser.add_argument("--resume", action="store_true",
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         episodes_per_task=args.episodes_per_task, backend=args.backend, model_dir=args.model_dir, out=args.out,
         unnorm_key=args.unnorm_key, workers=args.workers, camera_size=args.camera_size,
         center_crop_scale=args.center_crop_scale, max_steps=args.max_steps, num_steps_wait=args.num_steps_wait,
-        image_preprocess=args.image_preprocess, domain_id_base=base, record_video=not args.no_video,
+        image_preprocess=args.image_preprocess, reset_rng=args.reset_rng, domain_id_base=base, record_video=not args.no_video,
         protocol=args.protocol, allow_protocol_drift=args.allow_protocol_drift, resume=args.resume)
     summary = evaluate(config, show_progress=not args.no_progress)
     for drift in summary["run"]["protocol_drift"]:

@@ -4,7 +4,9 @@ The protocol is what `experiments/robot/libero/run_libero_eval.py` (openvla/open
 paper's numbers: every task of the suite, 50 episodes per task from the task's fixed initial
 states 0..49, 256-pixel cameras, 10 no-op steps before the first frame, the suite's step limit,
 the 0.9 center crop of the fine-tunes trained with image augmentation, the image path of
-`libero_utils.py` (openvla_ros/tf_image.py) and the norm stats of the suite (`<suite>_no_noops`).
+`libero_utils.py` (openvla_ros/tf_image.py), the norm stats of the suite (`<suite>_no_noops`), and
+one env per task seeded 0 once and reset for each episode in turn, which decides where the fixtures
+stand (the bridge's `reset_rng` "openvla", openvla_ros/sim/libero_env.py).
 A run whose settings differ is still possible, but its numbers are not the published protocol's:
 with an official fine-tune's key such a run is refused unless drift is allowed, and any drift is
 written into the results.
@@ -38,6 +40,7 @@ def protocol_settings(protocol: str, suite: str, task_count: int) -> dict[str, A
         "center_crop_scale": 0.9,
         "image_preprocess": "openvla",
         "unnorm_key": f"{suite}_no_noops",
+        "reset_rng": "openvla",
         "seed": 0,
     }
 

@@ -50,6 +50,7 @@ class EvalConfig:
     max_steps: int = 0  # 0: the suite's OpenVLA default
     num_steps_wait: int = 10
     image_preprocess: str = "openvla"
+    reset_rng: str = "openvla"
     domain_id_base: int = 1
     record_video: bool = True
     protocol: str = "openvla"
@@ -77,17 +78,16 @@ class EvalConfig:
             raise FileNotFoundError(f"model directory not found: {self.model_dir}")
         return self
 
-
     def settings(self) -> dict:
         """This run's value of every setting the protocol fixes."""
         from openvla_ros.sim.libero_env import MAX_STEPS
 
-        return {"tasks": list(self.tasks), "episodes_per_task": self.episodes_per_task,
+        return {"tasks": sorted(self.tasks), "episodes_per_task": self.episodes_per_task,
                 "camera_size": self.camera_size, "num_steps_wait": self.num_steps_wait,
                 "max_steps": self.max_steps or MAX_STEPS[self.suite], "center_crop_scale": self.center_crop_scale,
                 "image_preprocess": self.image_preprocess,
                 "unnorm_key": effective_unnorm_key(self.unnorm_key, Path(self.model_dir)),
-                "seed": 0}  # the bridge's env seed; eval-libero does not change it
+                "reset_rng": self.reset_rng, "seed": 0}  # the bridge's env seed; eval-libero does not change it
 
     def drift(self) -> list[dict]:
         """Settings that differ from the protocol; ProtocolDriftError if that is not allowed."""
@@ -188,7 +188,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
            "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
            "camera_size": config.camera_size, "center_crop_scale": config.center_crop_scale,
            "max_steps": config.max_steps, "num_steps_wait": config.num_steps_wait,
-           "image_preprocess": config.image_preprocess, "protocol": config.protocol,
+           "image_preprocess": config.image_preprocess, "reset_rng": config.reset_rng, "protocol": config.protocol,
            "protocol_settings": config.settings(), "protocol_drift": drift,
            "resumed_episodes": len(results), "software": software_versions(config.backend),
            "started_at": started_at}
@@ -203,7 +203,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
             backend=config.backend, model_dir=Path(config.model_dir).resolve(), domain_id=config.domain_id_base + index,
             log_dir=out / LOG_DIR, unnorm_key=config.unnorm_key, camera_size=config.camera_size,
             center_crop_scale=config.center_crop_scale, image_preprocess=config.image_preprocess,
-            num_steps_wait=config.num_steps_wait, record_video=config.record_video,
+            num_steps_wait=config.num_steps_wait, reset_rng=config.reset_rng, record_video=config.record_video,
             video_dir=(out / VIDEO_DIR).resolve())
         try:
             with NodePair(pair_config) as pair:

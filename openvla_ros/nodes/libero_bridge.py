@@ -267,7 +267,7 @@ class LiberoBridge(Node):
         try:
             config = self._read_config().validate()
             env = self._env_for(config)
-            obs = env.reset(config.init_state_id, config.num_steps_wait)
+            obs = env.reset(config.init_state_id, config.num_steps_wait, config.reset_rng)
         except Exception as exc:  # a failed reset must be reported, and the node stay up for the next
             self.get_logger().error(f"reset failed: {exc}")
             with self._lock:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 import yaml
 
-from openvla_ros.sim.libero_env import ENV_HORIZON, GRIPPER_MODES, MAX_STEPS
+from openvla_ros.sim.libero_env import ENV_HORIZON, GRIPPER_MODES, MAX_STEPS, RESET_RNG_MODES
 
 MODES = ("lockstep", "realtime")
 # What the camera topics carry: the rendered frame as it is, or OpenVLA's LIBERO image path
@@ -21,6 +21,7 @@ class BridgeConfig:
     task_id: int = 0
     init_state_id: int = 0
     seed: int = 0
+    reset_rng: str = "reseed"  # "openvla": the fixtures' placement OpenVLA's evaluation has (libero_env)
     camera_size: int = 256
     image_preprocess: str = "none"
     mode: str = "lockstep"
@@ -46,6 +47,7 @@ class BridgeConfig:
             (self.task_suite in MAX_STEPS, f"task_suite must be one of {sorted(MAX_STEPS)}, got {self.task_suite!r}"),
             (self.task_id >= 0, f"task_id must be >= 0, got {self.task_id}"),
             (self.init_state_id >= 0, f"init_state_id must be >= 0, got {self.init_state_id}"),
+            (self.reset_rng in RESET_RNG_MODES, f"reset_rng must be one of {RESET_RNG_MODES}, got {self.reset_rng!r}"),
             (self.camera_size > 0, f"camera_size must be > 0 pixels, got {self.camera_size}"),
             (self.image_preprocess in IMAGE_PREPROCESS,
              f"image_preprocess must be one of {IMAGE_PREPROCESS}, got {self.image_preprocess!r}"),

@@ -10,7 +10,7 @@ made of the training frames: `experiments/robot/libero/libero_utils.py::resize_i
 
 on the upright (180-degree rotated) agentview frame. Here:
 
-- The JPEG round trip goes through Pillow, which bundles libjpeg-turbo as TensorFlow does, with
+- The JPEG encoding goes through Pillow, which bundles libjpeg-turbo as TensorFlow does, with
   TensorFlow's settings: `jpeg_set_defaults` + quality 95 (baseline tables; Pillow's
   force_baseline=FALSE only differs below quality 25), 4:2:0 chroma subsampling, no optimized
   Huffman tables, not progressive, 300 dpi in the JFIF header (TF's density default, so even the

@@ -323,24 +323,27 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
 
 def test_openvla_image_preprocess_publishes_what_openvla_feeds_the_policy(bridge):
     """image_preprocess openvla: both cameras carry OpenVLA's 224 x 224 policy image (JPEG round
-    trip + Lanczos resize) of the frame the simulator renders for that state."""
-    from openvla_ros.sim.libero_env import LiberoEnv
+    trip + Lanczos resize) of the frame the bridge publishes as rendered for the same reset."""
     from openvla_ros.tf_image import openvla_policy_image
 
     process, probe = bridge
+
+    def first_frames() -> list[np.ndarray]:
+        probe.start_manual_episode()
+        frames = []
+        for image in (probe.all("image")[0], probe.all("wrist/image")[0]):
+            frames.append(np.frombuffer(bytes(image.data), np.uint8).reshape(image.height, image.width, 3))
+        return frames
+
+    rendered = first_frames()
     assert probe.set_parameter("image_preprocess", "openvla")
     try:
-        probe.start_manual_episode()
-        frame, wrist = probe.all("image")[0], probe.all("wrist/image")[0]
-        for image in (frame, wrist):
-            assert (image.height, image.width, image.encoding, image.step) == (224, 224, "rgb8", 672)
-        with LiberoEnv("libero_spatial", 0, camera_size=128) as env:
-            rendered = env.reset(BRIDGE_PARAMS["init_state_id"], BRIDGE_PARAMS["num_steps_wait"])
-        for image, raw in ((frame, rendered.agentview), (wrist, rendered.wrist)):
-            published = np.frombuffer(bytes(image.data), np.uint8).reshape(224, 224, 3)
-            assert np.array_equal(published, openvla_policy_image(raw))
+        published = first_frames()
     finally:
         assert probe.set_parameter("image_preprocess", "none")
+    for raw, image in zip(rendered, published):
+        assert raw.shape == (128, 128, 3) and image.shape == (224, 224, 3)
+        assert np.array_equal(image, openvla_policy_image(raw))
 
 
 def test_real_policy_node_drives_lockstep_episode(tiny_onnx_export, tmp_path):

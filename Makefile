@@ -21,7 +21,7 @@ endif
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup apt test demo bench clean-models help
+.PHONY: setup apt test demo bench tf-check clean-models help
 
 help:
 	@echo "make demo   - set up, build the demo model once, run bridge + policy node in LIBERO sim"
@@ -29,6 +29,7 @@ help:
 	@echo "make setup  - create $(VENV) with ROS 2 wheels, ML deps and the simulator"
 	@echo "make bench  - backend benchmark (JSON) on a generated small checkpoint"
 	@echo "              with ../shared/ros2_launch: setup also colcon-builds install/ (ros2 launch/run)"
+	@echo "make tf-check - OpenVLA's LIBERO image path against TensorFlow itself (own venv, ~300 MB once)"
 
 setup: apt $(STAMP) $(ROS2_TARGETS)
 
@@ -70,6 +71,15 @@ demo: setup
 bench: setup
 	$(PY) -m openvla_ros.cli make-tiny --size small --out models/small --skip-if-exists
 	$(PY) -m openvla_ros.cli bench --checkpoint models/small --out models/small/bench.json
+
+# TensorFlow only serves as the reference for the image path (openvla_ros/tf_image.py); it lives in
+# its own venv, made once, so neither the project venv nor CI downloads it.
+TF_VENV ?= /tmp/openvla_ros-tf-venv
+tf-check: setup
+	test -x $(TF_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -c "import tensorflow" 2>/dev/null || \
+	  $(TF_VENV)/bin/python -m pip --disable-pip-version-check install -q "tensorflow-cpu==2.21.0" numpy
+	OPENVLA_TF_PYTHON=$(TF_VENV)/bin/python $(PY) -m pytest test/test_tf_image.py $(PYTEST_ARGS)
 
 clean-models:
 	rm -rf models/*/

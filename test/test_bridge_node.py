@@ -336,6 +336,31 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
         assert probe.set_parameter("action_timeout_s", BRIDGE_PARAMS["action_timeout_s"])
 
 
+def test_openvla_image_preprocess_publishes_what_openvla_feeds_the_policy(bridge):
+    """image_preprocess openvla: both cameras carry OpenVLA's 224 x 224 policy image (JPEG round
+    trip + Lanczos resize) of the frame the bridge publishes as rendered for the same reset."""
+    from openvla_ros.tf_image import openvla_policy_image
+
+    process, probe = bridge
+
+    def first_frames() -> list[np.ndarray]:
+        probe.start_manual_episode()
+        frames = []
+        for image in (probe.all("image")[0], probe.all("wrist/image")[0]):
+            frames.append(np.frombuffer(bytes(image.data), np.uint8).reshape(image.height, image.width, 3))
+        return frames
+
+    rendered = first_frames()
+    assert probe.set_parameter("image_preprocess", "openvla")
+    try:
+        published = first_frames()
+    finally:
+        assert probe.set_parameter("image_preprocess", "none")
+    for raw, image in zip(rendered, published):
+        assert raw.shape == (128, 128, 3) and image.shape == (224, 224, 3)
+        assert np.array_equal(image, openvla_policy_image(raw))
+
+
 def test_real_policy_node_drives_lockstep_episode(tiny_onnx_export, tmp_path):
     """The real policy node (ONNX Runtime, tiny random checkpoint, trigger mode) in the loop: every
     frame's step request yields an action for that frame, the episode runs to max_steps.

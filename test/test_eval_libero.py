@@ -9,8 +9,11 @@ import sys
 
 import pytest
 
-from openvla_ros.evaluation.results import EpisodeResult, latency_stats, per_task, results_markdown, summarize
-from openvla_ros.evaluation.runner import EvalConfig, Job, parse_tasks, plan_episodes
+from openvla_ros.evaluation.protocol import protocol_drift, protocol_settings
+from openvla_ros.evaluation.results import (EpisodeResult, latency_stats, per_task, results_markdown, summarize,
+                                            wilson_interval, write_results)
+from openvla_ros.evaluation.runner import (EvalConfig, Job, ProtocolDriftError, evaluate, parse_tasks, plan_episodes,
+                                           recorded_episodes)
 
 
 def test_parse_tasks():
@@ -58,8 +61,84 @@ def test_summary_aggregates_per_task_and_latency():
     assert summary["success_rate"] == pytest.approx(1 / 3)
     assert [(e["task_id"], e["init_state_id"]) for e in summary["episodes"]] == [(0, 1), (1, 0), (1, 1)]
     markdown = results_markdown(summary)
-    assert "| 1 | task 1 | 2 | 1 | 50.0% |" in markdown
-    assert "1/3 (33.3%)" in markdown
+    assert "| 1 | task 1 | 2 | 1 | 50.0% | 9.5-90.5% |" in markdown
+    assert "1/3 (33.3%, 95% CI 6.1-79.2%)" in markdown
+
+
+def test_wilson_interval():
+    # reference values: Wilson score interval, z = 1.96 (by hand for 44/50: centre 0.85289, half width 0.09093)
+    assert wilson_interval(44, 50) == pytest.approx((0.76195, 0.94382), abs=5e-5)
+    assert wilson_interval(0, 50) == pytest.approx((0.0, 0.07135), abs=5e-5)
+    assert wilson_interval(50, 50) == pytest.approx((0.92865, 1.0), abs=5e-5)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_protocol_preset_is_openvlas_published_settings():
+    expected_steps = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
+                      "libero_90": 400}
+    for suite, steps in expected_steps.items():
+        settings = protocol_settings("openvla", suite, 10)
+        assert settings == {"tasks": list(range(10)), "episodes_per_task": 50, "camera_size": 256,
+                            "num_steps_wait": 10, "max_steps": steps, "center_crop_scale": 0.9,
+                            "image_preprocess": "openvla", "unnorm_key": f"{suite}_no_noops",
+                            "reset_rng": "openvla", "seed": 0}
+    protocol = protocol_settings("openvla", "libero_goal", 10)
+    assert protocol_drift(protocol, dict(protocol)) == []
+    assert protocol_drift(protocol, {**protocol, "camera_size": 128, "unnorm_key": "my_robot"}) == [
+        {"setting": "camera_size", "protocol": 256, "run": 128}]  # a model's own key is no drift
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        protocol_settings("octo", "libero_goal", 10)
+
+
+def _model_dir(tmp_path, keys):
+    model = tmp_path / f"model_{'_'.join(keys)}"
+    model.mkdir(exist_ok=True)
+    (model / "manifest.json").write_text(json.dumps({"norm_stats": {k: {} for k in keys}}))
+    return model
+
+
+def _official_config(tmp_path, **change):
+    settings = dict(suite="libero_object", tasks=tuple(range(10)), episodes_per_task=50, backend="onnxruntime",
+                    model_dir=_model_dir(tmp_path, ["libero_object_no_noops"]), out=tmp_path / "out")
+    return EvalConfig(**{**settings, **change}).validate()
+
+
+def test_official_finetune_off_protocol_is_refused_unless_allowed(tmp_path):
+    assert _official_config(tmp_path).drift() == []  # the defaults are the protocol
+    for change, setting in (({"center_crop_scale": 1.0}, "center_crop_scale"),
+                            ({"image_preprocess": "none"}, "image_preprocess"),
+                            ({"camera_size": 224}, "camera_size"), ({"num_steps_wait": 0}, "num_steps_wait"),
+                            ({"max_steps": 100}, "max_steps"), ({"episodes_per_task": 5}, "episodes_per_task"),
+                            ({"tasks": (0,)}, "tasks"), ({"unnorm_key": "libero_goal_no_noops"}, "unnorm_key"),
+                            ({"reset_rng": "reseed"}, "reset_rng")):
+        with pytest.raises(ProtocolDriftError, match=f"{setting}.*--allow-protocol-drift"):
+            _official_config(tmp_path, **change).drift()
+        drift = _official_config(tmp_path, allow_protocol_drift=True, **change).drift()
+        assert [d["setting"] for d in drift] == [setting]
+    # another model's key: off-protocol settings run, and are still reported
+    other = _official_config(tmp_path, model_dir=_model_dir(tmp_path, ["demo"]), camera_size=128)
+    assert other.drift() == [{"setting": "camera_size", "protocol": 256, "run": 128}]
+
+
+def test_resume_skips_recorded_episodes_and_refuses_other_settings(tmp_path):
+    config = _official_config(tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True, resume=True,
+                              record_video=False)
+    episodes = [EpisodeResult("libero_object", 0, i, "pick up", i == 1, 10, 280, 0, 1.0, [5.0], None, 0, 1)
+                for i in range(2)]
+    assert recorded_episodes(config) == []
+    write_results(config.out, summarize(episodes, {"suite": "libero_object", "backend": "onnxruntime",
+                                                   "model_dir": str(config.model_dir), "unnorm_key": "",
+                                                   "protocol_settings": config.settings(), "episodes_per_task": 2,
+                                                   "workers": 1, "wall_s": 1.0}))
+    assert recorded_episodes(config) == episodes
+    # every planned episode is recorded: nothing runs, the results are written again, complete
+    summary = evaluate(config, show_progress=False)
+    assert summary["run"]["resumed_episodes"] == 2 and summary["run"]["complete"]
+    assert summary["successes_total"] == 1 and summary["per_task"][0]["success_ci95"] == [0.0945, 0.9055]
+    assert [d["setting"] for d in summary["run"]["protocol_drift"]] == ["tasks", "episodes_per_task"]
+    assert summary["run"]["software"]["mujoco"] and summary["run"]["software"]["onnxruntime"]
+    with pytest.raises(ValueError, match="other settings.*protocol_settings"):
+        recorded_episodes(EvalConfig(**{**config.__dict__, "camera_size": 128}))
 
 
 def _video_frames(path) -> int:
@@ -98,9 +177,14 @@ def test_eval_libero_object_task0_two_episodes(demo_model, tmp_path):
         assert video.is_file()
         assert _video_frames(video) == episode["steps"] + 1  # the first frame, then one per step
     assert {e["domain_id"] for e in episodes} == set(results["run"]["domain_ids"])  # both pairs worked
+    successes = sum(e["success"] for e in episodes)
     assert results["per_task"] == [{"task_id": 0, "instruction": episodes[0]["instruction"], "episodes": 2,
-                                    "successes": sum(e["success"] for e in episodes),
-                                    "success_rate": sum(e["success"] for e in episodes) / 2}]
+                                    "successes": successes, "success_rate": successes / 2,
+                                    "success_ci95": [round(v, 4) for v in wilson_interval(successes, 2)]}]
+    # the protocol's settings but for the episode plan; the demo's key is not an official fine-tune's
+    assert results["run"]["protocol_settings"]["image_preprocess"] == "openvla"
+    assert [d["setting"] for d in results["run"]["protocol_drift"]] == ["tasks", "episodes_per_task"]
+    assert {"openvla_ros", "onnxruntime", "mujoco", "robosuite", "libero"} <= set(results["run"]["software"])
     assert results["latency_ms"]["count"] == sum(e["steps"] for e in episodes)
 
     markdown = (out / "results.md").read_text()
@@ -112,3 +196,9 @@ def test_eval_libero_object_task0_two_episodes(demo_model, tmp_path):
             assert image.format == "PNG" and image.size[0] > 300
     assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(
         p.split("/")[-1] for p in (e["video"] for e in episodes))
+
+    # --resume: both episodes are recorded, so no pair starts and the results stay the same
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((out / "results.json").read_text())
+    assert again["run"]["resumed_episodes"] == 2 and again["episodes"] == results["episodes"]

@@ -47,6 +47,9 @@ class PairConfig:
     unnorm_key: str = ""
     camera_size: int = 256
     center_crop_scale: float = 1.0
+    image_preprocess: str = "none"  # the bridge's: "openvla" publishes OpenVLA's 224 x 224 policy image
+    num_steps_wait: int = 10
+    reset_rng: str = "reseed"  # the bridge's: "openvla" places fixtures as OpenVLA's evaluation does
     record_video: bool = False
     video_dir: Path | None = None
     # Remap the policy's `instruction` input to this topic (the demo switches instructions there
@@ -119,6 +122,8 @@ class NodePair:
         bridge_params = {
             "mode": "lockstep", "call_policy_step": True, "start_on_launch": False,
             "camera_size": config.camera_size, "gripper_postprocess": "openvla",
+            "image_preprocess": config.image_preprocess, "num_steps_wait": config.num_steps_wait,
+            "reset_rng": config.reset_rng,
             "record_video": config.record_video, "video_dir": str(config.video_dir or "libero_videos"),
         }
         policy_params = {

@@ -9,6 +9,7 @@ number of workers, because every episode is fully determined by (task, initial s
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -18,9 +19,12 @@ from pathlib import Path
 
 from openvla_ros.evaluation.node_pair import MAX_DOMAIN_ID, NodePair, PairConfig
 from openvla_ros.evaluation.plots import plot_latency_histogram, plot_success_per_task
-from openvla_ros.evaluation.results import LATENCY_PLOT, SUCCESS_PLOT, EpisodeResult, summarize, write_results
+from openvla_ros.evaluation.protocol import (INIT_STATES_PER_TASK, effective_unnorm_key, is_official_unnorm_key,
+                                             protocol_drift, protocol_settings)
+from openvla_ros.evaluation.results import (LATENCY_PLOT, RESULTS_JSON, SUCCESS_PLOT, EpisodeResult, summarize,
+                                            write_results)
+from openvla_ros.evaluation.versions import software_versions
 
-INIT_STATES_PER_TASK = 50  # every LIBERO task ships 50 fixed initial states
 VIDEO_DIR = "videos"
 LOG_DIR = "logs"
 
@@ -42,10 +46,16 @@ class EvalConfig:
     unnorm_key: str = ""
     workers: int = 1
     camera_size: int = 256
-    center_crop_scale: float = 1.0
+    center_crop_scale: float = 0.9
     max_steps: int = 0  # 0: the suite's OpenVLA default
+    num_steps_wait: int = 10
+    image_preprocess: str = "openvla"
+    reset_rng: str = "openvla"
     domain_id_base: int = 1
     record_video: bool = True
+    protocol: str = "openvla"
+    allow_protocol_drift: bool = False
+    resume: bool = False  # skip the episodes already recorded in out/results.json
 
     def validate(self) -> "EvalConfig":
         task_count = suite_task_count(self.suite)
@@ -62,9 +72,39 @@ class EvalConfig:
                              f"out of range 0..{MAX_DOMAIN_ID}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 (0 = suite default), got {self.max_steps}")
+        if self.num_steps_wait < 0:
+            raise ValueError(f"num_steps_wait must be >= 0, got {self.num_steps_wait}")
         if not Path(self.model_dir).is_dir():
             raise FileNotFoundError(f"model directory not found: {self.model_dir}")
         return self
+
+    def settings(self) -> dict:
+        """This run's value of every setting the protocol fixes."""
+        from openvla_ros.sim.libero_env import MAX_STEPS
+
+        return {"tasks": sorted(self.tasks), "episodes_per_task": self.episodes_per_task,
+                "camera_size": self.camera_size, "num_steps_wait": self.num_steps_wait,
+                "max_steps": self.max_steps or MAX_STEPS[self.suite], "center_crop_scale": self.center_crop_scale,
+                "image_preprocess": self.image_preprocess,
+                "unnorm_key": effective_unnorm_key(self.unnorm_key, Path(self.model_dir)),
+                "reset_rng": self.reset_rng, "seed": 0}  # the bridge's env seed; eval-libero does not change it
+
+    def drift(self) -> list[dict]:
+        """Settings that differ from the protocol; ProtocolDriftError if that is not allowed."""
+        protocol = protocol_settings(self.protocol, self.suite, suite_task_count(self.suite))
+        settings = self.settings()
+        drift = protocol_drift(protocol, settings)
+        if drift and is_official_unnorm_key(settings["unnorm_key"]) and not self.allow_protocol_drift:
+            listed = "; ".join(f"{d['setting']} {d['run']} (protocol: {d['protocol']})" for d in drift)
+            raise ProtocolDriftError(
+                f"norm-stats key {settings['unnorm_key']!r} is an official OpenVLA LIBERO fine-tune's, but these "
+                f"settings differ from the {self.protocol!r} protocol: {listed}. Use the protocol's values, or "
+                f"pass --allow-protocol-drift to run anyway (the drift is then written into the results).")
+        return drift
+
+
+class ProtocolDriftError(ValueError):
+    """An official fine-tune evaluated with settings other than its published protocol's."""
 
 
 def suite_task_count(suite: str) -> int:
@@ -122,28 +162,48 @@ class _Progress:
 
 def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
     """Run every planned episode, write results.json, results.md, the plots, videos/ and logs/ into
-    `config.out`; returns the summary (results.json content). RuntimeError if a pair failed (the
-    episodes finished before the failure are still written)."""
+    `config.out`; returns the summary (results.json content). results.json is rewritten after every
+    episode, so an interrupted run can go on with `resume`. ProtocolDriftError before anything runs
+    if an official fine-tune would run off-protocol; RuntimeError if a pair failed (the episodes
+    finished before the failure are still written)."""
     config.validate()
+    drift = config.drift()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs: queue.Queue[Job] = queue.Queue()
     plan = plan_episodes(config.tasks, config.episodes_per_task)
+    results: list[EpisodeResult] = recorded_episodes(config) if config.resume else []
+    done = {(r.task_id, r.init_state_id) for r in results}
+    jobs: queue.Queue[Job] = queue.Queue()
     for job in plan:
-        jobs.put(job)
-    workers = min(config.workers, len(plan))
-    results: list[EpisodeResult] = []
+        if (job.task_id, job.init_state_id) not in done:
+            jobs.put(job)
+    workers = max(1, min(config.workers, jobs.qsize()))
     errors: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
-    progress = _Progress(len(plan), show_progress)
+    progress = _Progress(jobs.qsize(), show_progress)
     started, started_at = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run = {"suite": config.suite, "tasks": list(config.tasks), "episodes_per_task": config.episodes_per_task,
+           "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
+           "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
+           "camera_size": config.camera_size, "center_crop_scale": config.center_crop_scale,
+           "max_steps": config.max_steps, "num_steps_wait": config.num_steps_wait,
+           "image_preprocess": config.image_preprocess, "reset_rng": config.reset_rng, "protocol": config.protocol,
+           "protocol_settings": config.settings(), "protocol_drift": drift,
+           "resumed_episodes": len(results), "software": software_versions(config.backend),
+           "started_at": started_at}
+
+    def write(complete: bool) -> dict:
+        summary = summarize(results, {**run, "wall_s": round(time.monotonic() - started, 1), "complete": complete})
+        write_results(out, summary)
+        return summary
 
     def work(index: int) -> None:
         pair_config = PairConfig(
             backend=config.backend, model_dir=Path(config.model_dir).resolve(), domain_id=config.domain_id_base + index,
             log_dir=out / LOG_DIR, unnorm_key=config.unnorm_key, camera_size=config.camera_size,
-            center_crop_scale=config.center_crop_scale, record_video=config.record_video,
+            center_crop_scale=config.center_crop_scale, image_preprocess=config.image_preprocess,
+            num_steps_wait=config.num_steps_wait, reset_rng=config.reset_rng, record_video=config.record_video,
             video_dir=(out / VIDEO_DIR).resolve())
         try:
             with NodePair(pair_config) as pair:
@@ -163,30 +223,59 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                         worker=index, domain_id=pair_config.domain_id)
                     with lock:
                         results.append(result)
+                        write(complete=False)
                     progress.episode_done(result)
         except Exception as exc:  # one failed pair stops the run; its logs are in the message
             with lock:
                 errors.append(f"worker {index} (ROS domain {pair_config.domain_id}): {exc}")
             stop.set()
 
-    threads = [threading.Thread(target=work, args=(i,), name=f"eval-worker-{i}") for i in range(workers)]
+    threads = [threading.Thread(target=work, args=(i,), name=f"eval-worker-{i}")
+               for i in range(workers if not jobs.empty() else 0)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     progress.close()
 
-    run = {"suite": config.suite, "tasks": list(config.tasks), "episodes_per_task": config.episodes_per_task,
-           "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
-           "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
-           "camera_size": config.camera_size, "center_crop_scale": config.center_crop_scale,
-           "max_steps": config.max_steps, "started_at": started_at,
-           "wall_s": round(time.monotonic() - started, 1), "complete": not errors and len(results) == len(plan)}
-    summary = summarize(results, run)
-    write_results(out, summary)
+    summary = write(complete=not errors and len(results) == len(plan))
     plot_success_per_task(summary["per_task"], config.suite, out / SUCCESS_PLOT)
     plot_latency_histogram([v for ep in results for v in ep.latency_ms], out / LATENCY_PLOT)
     if errors:
         raise RuntimeError(f"{len(errors)} worker(s) failed after {len(results)}/{len(plan)} episodes "
-                           f"(partial results in {out}):\n" + "\n".join(errors))
+                           f"(partial results in {out}; --resume goes on from there):\n" + "\n".join(errors))
     return summary
+
+
+# What must be the same for episodes of an earlier run to count in this one.
+RESUME_KEYS = ("suite", "backend", "model_dir", "unnorm_key", "protocol_settings")
+
+
+def recorded_episodes(config: EvalConfig) -> list[EpisodeResult]:
+    """The episodes results.json in `config.out` holds that this run plans; [] without results.json.
+    ValueError if that run's settings differ from this one's (mixing them would be meaningless)."""
+    path = Path(config.out) / RESULTS_JSON
+    if not path.is_file():
+        return []
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        previous = recorded["run"]
+        episodes = [EpisodeResult.from_json(raw) for raw in recorded["episodes"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a results.json this command wrote ({exc}); cannot resume from it") from None
+    current = {"suite": config.suite, "backend": config.backend, "model_dir": str(config.model_dir),
+               "unnorm_key": config.unnorm_key, "protocol_settings": config.settings()}
+    differ = [key for key in RESUME_KEYS if _comparable(key, previous.get(key)) != _comparable(key, current[key])]
+    if differ:
+        raise ValueError(f"{path} was written with other settings ({', '.join(differ)}: "
+                         + "; ".join(f"{previous.get(k)} there, {current[k]} now" for k in differ)
+                         + "); use another --out, or the same settings to resume")
+    planned = {(job.task_id, job.init_state_id) for job in plan_episodes(config.tasks, config.episodes_per_task)}
+    return [ep for ep in episodes if (ep.task_id, ep.init_state_id) in planned]
+
+
+def _comparable(key: str, value):
+    # The task list and episode count may grow between runs: a resumed run adds episodes.
+    if key == "protocol_settings" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("tasks", "episodes_per_task")}
+    return value

@@ -9,6 +9,8 @@ joint_states and ee_pose of one frame share it):
   image            sensor_msgs/Image rgb8, agentview camera, upright (rotated 180 degrees as
                    OpenVLA's LIBERO eval does), frame_id agentview_camera
   wrist/image      sensor_msgs/Image rgb8, wrist camera, upright, frame_id wrist_camera
+                   (both camera_size square; with image_preprocess openvla, 224 x 224 after
+                   OpenVLA's JPEG round trip and Lanczos resize, as its LIBERO eval feeds them)
   joint_states     sensor_msgs/JointState: robot0_joint1..7 + gripper0_finger_joint1/2 (rad, m)
   ee_pose          geometry_msgs/PoseStamped, frame_id robot0_base (+x forward, +y left, +z up)
   instruction      std_msgs/String, the task's language; reliable + transient local (latched)
@@ -84,6 +86,7 @@ from openvla_ros.sim.episode import Episode
 from openvla_ros.sim.libero_env import NO_OP_ACTION, LiberoEnv, Observation, postprocess_gripper
 from openvla_ros.sim.video import EpisodeVideo, episode_video_path
 from openvla_ros.stamps import stamp_problem
+from openvla_ros.tf_image import openvla_policy_image
 
 BASE_FRAME = "robot0_base"
 DEFAULT_POLICY_STEP = "policy_node/step"
@@ -269,7 +272,7 @@ class LiberoBridge(Node):
         try:
             config = self._read_config().validate()
             env = self._env_for(config)
-            obs = env.reset(config.init_state_id, config.num_steps_wait)
+            obs = env.reset(config.init_state_id, config.num_steps_wait, config.reset_rng)
         except Exception as exc:  # a failed reset must be reported, and the node stay up for the next
             self.get_logger().error(f"reset failed: {exc}")
             with self._lock:
@@ -424,8 +427,13 @@ class LiberoBridge(Node):
     def _publish_frame(self, obs: Observation, stamp) -> None:
         self._joint_pub.publish(joint_state_msg(obs, stamp))
         self._pose_pub.publish(pose_msg(obs, stamp))
-        self._wrist_pub.publish(image_msg(obs.wrist, stamp, "wrist_camera"))
-        self._image_pub.publish(image_msg(obs.agentview, stamp, "agentview_camera"))
+        self._wrist_pub.publish(image_msg(self._camera_image(obs.wrist), stamp, "wrist_camera"))
+        self._image_pub.publish(image_msg(self._camera_image(obs.agentview), stamp, "agentview_camera"))
+
+    def _camera_image(self, image: np.ndarray) -> np.ndarray:
+        if self._config.image_preprocess == "openvla":
+            return openvla_policy_image(image)
+        return image
 
     def _close_video(self) -> None:
         if self._video is not None:

@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass, fields
 
 import yaml
 
-from openvla_ros.sim.libero_env import ENV_HORIZON, GRIPPER_MODES, MAX_STEPS
+from openvla_ros.sim.libero_env import ENV_HORIZON, GRIPPER_MODES, MAX_STEPS, RESET_RNG_MODES
 
 MODES = ("lockstep", "realtime")
+# What the camera topics carry: the rendered frame as it is, or OpenVLA's LIBERO image path
+# applied to it (JPEG round trip, Lanczos-3 resize to 224 x 224; openvla_ros/tf_image.py).
+IMAGE_PREPROCESS = ("none", "openvla")
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,9 @@ class BridgeConfig:
     task_id: int = 0
     init_state_id: int = 0
     seed: int = 0
+    reset_rng: str = "reseed"  # "openvla": the fixtures' placement OpenVLA's evaluation has (libero_env)
     camera_size: int = 256
+    image_preprocess: str = "none"
     mode: str = "lockstep"
     control_rate_hz: float = 20.0  # realtime only
     # lockstep: re-send the frame (and step request) after this long without an action;
@@ -45,7 +50,10 @@ class BridgeConfig:
             (self.task_suite in MAX_STEPS, f"task_suite must be one of {sorted(MAX_STEPS)}, got {self.task_suite!r}"),
             (self.task_id >= 0, f"task_id must be >= 0, got {self.task_id}"),
             (self.init_state_id >= 0, f"init_state_id must be >= 0, got {self.init_state_id}"),
+            (self.reset_rng in RESET_RNG_MODES, f"reset_rng must be one of {RESET_RNG_MODES}, got {self.reset_rng!r}"),
             (self.camera_size > 0, f"camera_size must be > 0 pixels, got {self.camera_size}"),
+            (self.image_preprocess in IMAGE_PREPROCESS,
+             f"image_preprocess must be one of {IMAGE_PREPROCESS}, got {self.image_preprocess!r}"),
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.control_rate_hz > 0, f"control_rate_hz must be > 0, got {self.control_rate_hz}"),
             (self.action_timeout_s > 0, f"action_timeout_s must be > 0, got {self.action_timeout_s}"),

@@ -4,6 +4,10 @@
   evaluation rotates both by 180 degrees (`img[::-1, ::-1]`) before the policy sees them.
 - A reset seeds the env, resets it, loads one of the task's fixed initial states and then runs
   `num_steps_wait` no-op steps with the gripper open (objects settle after being dropped in).
+  The fixed initial state sets every joint, but not where a reset placed the fixtures (stove,
+  cabinet, rack...): those come from numpy's global RNG at the reset. `reset_rng` "reseed" seeds
+  before every reset; "openvla" gives the reset of init state k the RNG OpenVLA's evaluation has
+  there: the env seeded once, then one reset per earlier init state (episode k uses init state k).
 - Actions are in env units: 6-D end-effector delta (OSC_POSE) + gripper (-1 open, +1 close).
   `postprocess_gripper` turns a policy's [0, 1] gripper (1 = open) into that convention.
 - The end-effector pose is reported in the robot base frame (+x forward, +y left, +z up).
@@ -33,6 +37,7 @@ MAX_STEPS = {
 ENV_HORIZON = 1000
 ACTION_DIM = 7
 GRIPPER_MODES = ("openvla", "none")
+RESET_RNG_MODES = ("reseed", "openvla")
 # EE delta zero, gripper open: what OpenVLA's evaluation steps while objects settle.
 NO_OP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 
@@ -125,20 +130,42 @@ class LiberoEnv:
         import mujoco  # after LIBERO, so the EGL settings above are in place
 
         self._mujoco = mujoco
+        # "openvla" reset_rng: numpy's global RNG state before the reset of init state k, by k
+        self._rng_before_reset: dict[int, tuple] = {}
 
-    def reset(self, init_state_id: int, num_steps_wait: int = 10) -> Observation:
+    def reset(self, init_state_id: int, num_steps_wait: int = 10, reset_rng: str = "reseed") -> Observation:
         """Start an episode from the task's fixed initial state `init_state_id`."""
         self._require_open()
         if not 0 <= init_state_id < self.num_init_states:
             raise ValueError(f"init_state_id {init_state_id} out of range: expected 0..{self.num_init_states - 1}")
         if not 0 <= num_steps_wait < ENV_HORIZON:
             raise ValueError(f"num_steps_wait must be in 0..{ENV_HORIZON - 1}, got {num_steps_wait}")
-        self._env.seed(self.seed)
+        if reset_rng not in RESET_RNG_MODES:
+            raise ValueError(f"reset_rng must be one of {RESET_RNG_MODES}, got {reset_rng!r}")
+        if reset_rng == "openvla":
+            self._restore_openvla_rng(init_state_id)
+        else:
+            self._env.seed(self.seed)
         self._env.reset()
         raw = self._env.set_init_state(self._init_states[init_state_id])
         for _ in range(num_steps_wait):
             raw, _, _, _ = self._env.step(NO_OP_ACTION.copy())
         return self._observation(raw, bool(self._env.check_success()))
+
+    def _restore_openvla_rng(self, init_state_id: int) -> None:
+        """Put numpy's global RNG where OpenVLA's evaluation has it before episode `init_state_id`'s
+        reset: seeded once, then one reset per earlier episode. States met on the way are kept, so
+        episodes in order cost no extra reset; a jump ahead replays the resets in between (env steps
+        draw nothing from that RNG)."""
+        known = self._rng_before_reset
+        if not known:
+            self._env.seed(self.seed)
+            known[0] = np.random.get_state()
+        start = max(k for k in known if k <= init_state_id)
+        np.random.set_state(known[start])
+        for k in range(start, init_state_id):
+            self._env.reset()
+            known[k + 1] = np.random.get_state()
 
     def step(self, action: Sequence[float]) -> Observation:
         """Apply one env-unit action (after any gripper postprocessing) for one control step (20 Hz)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from openvla_ros.evaluation.node_pair import MAX_DOMAIN_ID, NodePair, PairConfig
 from openvla_ros.evaluation.plots import plot_latency_histogram, plot_success_per_task
 from openvla_ros.evaluation.results import LATENCY_PLOT, SUCCESS_PLOT, EpisodeResult, summarize, write_results
+from openvla_ros.model_check import check_model_dir
 
 INIT_STATES_PER_TASK = 50  # every LIBERO task ships 50 fixed initial states
 VIDEO_DIR = "videos"
@@ -62,8 +63,7 @@ class EvalConfig:
                              f"out of range 0..{MAX_DOMAIN_ID}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 (0 = suite default), got {self.max_steps}")
-        if not Path(self.model_dir).is_dir():
-            raise FileNotFoundError(f"model directory not found: {self.model_dir}")
+        check_model_dir(self.backend, self.model_dir, self.unnorm_key)
         return self
 
 
@@ -137,6 +137,15 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
     lock = threading.Lock()
     stop = threading.Event()
     progress = _Progress(len(plan), show_progress)
+    pairs: list[NodePair] = []
+
+    def cancel_all() -> None:
+        """End the run now: every pair's nodes are stopped, so every worker fails at its next check."""
+        stop.set()
+        with lock:
+            running = list(pairs)
+        for pair in running:
+            pair.stop_nodes()
     started, started_at = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def work(index: int) -> None:
@@ -146,7 +155,12 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
             center_crop_scale=config.center_crop_scale, record_video=config.record_video,
             video_dir=(out / VIDEO_DIR).resolve())
         try:
-            with NodePair(pair_config) as pair:
+            pair = NodePair(pair_config)
+            with lock:
+                pairs.append(pair)
+            if stop.is_set():  # checked after joining `pairs`: cancel_all sets it before reading them
+                return
+            with pair:
                 while not stop.is_set():
                     try:
                         job = jobs.get_nowait()
@@ -164,17 +178,28 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                     with lock:
                         results.append(result)
                     progress.episode_done(result)
-        except Exception as exc:  # one failed pair stops the run; its logs are in the message
+        except Exception as exc:  # one failed pair stops the run at once; its logs are in the message
             with lock:
+                if stop.is_set():
+                    return  # cancelled because of another failure, or Ctrl-C: not a failure of its own
                 errors.append(f"worker {index} (ROS domain {pair_config.domain_id}): {exc}")
-            stop.set()
+            cancel_all()
 
     threads = [threading.Thread(target=work, args=(i,), name=f"eval-worker-{i}") for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    progress.close()
+    try:
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.5)  # a timed join, so Ctrl-C / SIGTERM reach this thread
+    except BaseException:
+        cancel_all()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
+        raise
+    finally:
+        progress.close()
 
     run = {"suite": config.suite, "tasks": list(config.tasks), "episodes_per_task": config.episodes_per_task,
            "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,

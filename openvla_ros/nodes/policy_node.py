@@ -46,7 +46,6 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
@@ -67,7 +66,7 @@ from openvla_ros.actions import POSE_LABELS, dimension_labels
 from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
-from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.nodes.timing import timing_message
 from openvla_ros.policy import load_policy
 from openvla_ros.processing import center_crop
@@ -481,22 +480,21 @@ class PolicyNode(LifecycleNode):
         self._worker.join(timeout=5.0)
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = PolicyNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+def _autostart(node: PolicyNode) -> None:
     if node.get_parameter("autostart").value:
+        node.get_logger().info("autostart: configuring")
         node.trigger_configure()
-        if node.state == "inactive":
+        if node.state == "inactive" and node.context.ok():  # not when a SIGTERM came during configure
             node.trigger_activate()
-    try:
-        spin_until_shutdown(executor)
-    finally:
-        node.stop_worker()
-        node._release_policy()
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+
+def _release(node: PolicyNode, executor) -> None:
+    node.stop_worker()
+    node._release_policy()
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(args, "policy_node", PolicyNode, SingleThreadedExecutor, start=_autostart, cleanup=_release)
 
 
 if __name__ == "__main__":

@@ -444,7 +444,10 @@ class LiberoBridge(Node):
             self._env = None
 
 
-def _release(node: LiberoBridge, executor: MultiThreadedExecutor) -> None:
+def _release(node: LiberoBridge, executor: MultiThreadedExecutor, log) -> None:
+    episode = node._episode
+    if node._running():
+        log(f"episode {episode.episode} running at step {episode.step}: the simulator finishes its step first")
     node.shutdown()
     executor.shutdown()
 

@@ -488,7 +488,9 @@ def _autostart(node: PolicyNode) -> None:
             node.trigger_activate()
 
 
-def _release(node: PolicyNode, executor) -> None:
+def _release(node: PolicyNode, executor, log) -> None:
+    if node._inference_lock.locked():
+        log("an inference is running: it finishes before the backend is released")
     node.stop_worker()
     node._release_policy()
 

@@ -48,8 +48,8 @@ class ShutdownGuard:
             threading.Thread(target=self._watch_parent, args=(int(parent_fd),), name="parent_watch",
                              daemon=True).start()
 
-    def _log(self, text: str) -> None:
-        # stderr, not the rclpy logger: logging may already be finalized by the shutdown.
+    def log(self, text: str) -> None:
+        """One line on stderr (the node's log), not through rclpy: its logging may be finalized already."""
         print(f"[{self._name}] [{time.time():.3f}] {text}", file=sys.stderr, flush=True)
 
     def _watch_parent(self, fd: int) -> None:
@@ -59,7 +59,7 @@ class ShutdownGuard:
         except OSError:
             pass
         if self._context.ok():
-            self._log("the process that started this node is gone; shutting down")
+            self.log("the process that started this node is gone; shutting down")
             os.kill(os.getpid(), signal.SIGINT)
 
     def _guard(self) -> None:
@@ -68,7 +68,7 @@ class ShutdownGuard:
         self.begin()
         if self._complete.wait(max(0.0, self._requested_at + self._grace_s - time.monotonic())):
             return
-        self._log(f"cleanup still running after {self._grace_s:.1f} s; exiting now. It was at:")
+        self.log(f"cleanup still running after {self._grace_s:.1f} s; exiting now. It was at:")
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
         os._exit(0)
@@ -80,20 +80,21 @@ class ShutdownGuard:
             if self._requested_at is not None or self._complete.is_set():
                 return
             self._requested_at = time.monotonic()
-        self._log("shutdown requested")
+        self.log("shutdown requested")
 
     def complete(self) -> None:
         """Cleanup done: log how long it took since the request."""
         self.begin()
         self._complete.set()
-        self._log(f"shutdown complete in {time.monotonic() - self._requested_at:.2f} s")
+        self.log(f"shutdown complete in {time.monotonic() - self._requested_at:.2f} s")
 
 
 def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
              create_executor: Callable[[], Executor], *, start: Callable[[Node], None] | None = None,
-             cleanup: Callable[[Node, Executor], None] | None = None) -> None:
+             cleanup: Callable[[Node, Executor, Callable[[str], None]], None] | None = None) -> None:
     """A node process's main: init, create, `start` (e.g. autostart's configure), spin until SIGINT,
-    SIGTERM or the starter's end, then `cleanup` and destroy, within the guard's bound.
+    SIGTERM or the starter's end, then `cleanup(node, executor, log)` and destroy, within the guard's
+    bound; `log` writes a line next to the guard's (what the cleanup waits for).
 
     A stop that comes while the node is still being created or started (a model loading) is a
     normal end as well: rclpy raises KeyboardInterrupt (SIGINT) there, or fails on the context that
@@ -115,10 +116,13 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
         if context.ok():
             raise  # a real failure (a bad parameters file, a bug): exit non-zero with the traceback
     finally:
+        # From here a SIGINT changes nothing: one rclpy's handler passes on late (after the context
+        # shutdown already ended the code above) or a second one must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         guard.begin()
         if node is not None:
             if cleanup is not None:
-                cleanup(node, executor)
+                cleanup(node, executor, guard.log)
             node.destroy_node()
         rclpy.try_shutdown()
         guard.complete()

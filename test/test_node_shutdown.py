@@ -149,7 +149,7 @@ def start_bridge(tmp_path: Path, **params) -> NodeProcess:
 def run_bridge_mid_step(sig: signal.Signals, tmp_path: Path) -> str:
     """Realtime mode at a rate no machine keeps up with: the simulator thread steps back to back
     (no action comes, so each step holds still), and the signal finds it inside a step."""
-    node = start_bridge(tmp_path, mode="realtime", control_rate_hz=1000.0, max_steps=1_000_000, start_on_launch=True)
+    node = start_bridge(tmp_path, mode="realtime", control_rate_hz=1000.0, max_steps=999, start_on_launch=True)
     with Probe("shutdown_probe") as probe:
         probe.subscribe(DiagnosticStatus, "episode_status", LATCHED)
 

@@ -42,6 +42,7 @@ class ShutdownGuard:
         self._complete = threading.Event()
         self._requested_at: float | None = None
         self._lock = threading.Lock()
+        self.executor: Executor | None = None  # woken when the context goes down (see _guard)
         threading.Thread(target=self._guard, name="shutdown_guard", daemon=True).start()
         parent_fd = os.environ.get(PARENT_FD_ENV)
         if parent_fd:
@@ -66,6 +67,15 @@ class ShutdownGuard:
         while self._context.ok() and not self._complete.is_set():
             time.sleep(POLL_S)
         self.begin()
+        # rclpy's signal handler wakes the executor before it shuts the context down; a wait that
+        # took the wake-up in between sees a live context and waits on (seen under load: the spin
+        # outlived the 4 s). Waking it again now lets it see the shutdown.
+        executor = self.executor
+        if executor is not None and not self._complete.is_set():
+            try:
+                executor.wake()
+            except Exception:  # already shut down: nothing left to wake
+                pass
         if self._complete.wait(max(0.0, self._requested_at + self._grace_s - time.monotonic())):
             return
         self.log(f"cleanup still running after {self._grace_s:.1f} s; exiting now. It was at:")
@@ -106,6 +116,7 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
     try:
         node = create_node()
         executor = create_executor()
+        guard.executor = executor
         executor.add_node(node)
         if start is not None:
             start(node)

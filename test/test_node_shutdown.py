@@ -34,18 +34,18 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM]
 FRAMES_PER_S = 50
 
 
+HOG_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cpu_hog.py"
+
+
 @contextmanager
 def cpu_hog():
-    """A busy loop on every core (the machine's own work comes on top)."""
-    import os
-
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    """A busy loop on every core (`make test-loaded`'s hog; the machine's own work comes on top)."""
+    hog = subprocess.Popen([sys.executable, str(HOG_SCRIPT)])
     try:
         yield
     finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
+        hog.terminate()
+        hog.wait()
 
 
 def stop_and_check(node: NodeProcess, sig: signal.Signals) -> str:

@@ -288,19 +288,23 @@ def test_bad_parameters_are_refused_and_bad_task_reported(bridge):
     assert wait_until(lambda: probe.status().get("message") == "running", 10.0)
 
 
-# Realtime hold, reasoned per simulator step (one ee_pose per step). After the bridge switches from
-# the held action to zero motion, the arm keeps moving for a few steps while the controller brakes
-# it: physics settling, which takes steps, whatever the machine's speed. Measured here (2026-11-29,
-# 2 cores under a load average of ~13, ~1 step/s), mm per step after the held steps (5.5-6.3 each):
-#   4 held steps: 3.40, 0.61, 0.09, -0.005
-#   7 held steps: 3.49, 0.73, 0.21, 0.10, 0.07, 0.05, 0.03, 0.01, 0.00
-# i.e. below AT_REST_MM 1-2 steps after the last fast step, and 0.2-0.3 mm of creep in total after.
-# The old wall-clock version sampled "held" 0.6 s after the timeout, inside that settling when steps
-# are slow, and saw 5.1 mm of drift; it also wanted 5 steps within 3.5 s.
-SETTLE_STEPS = 5  # steps from the end of the last fast step to rest; measured 1 and 2
-AT_REST_MM = 0.25  # per-step motion of an arm at rest
+# Realtime hold, reasoned per simulator step (one ee_pose per step). How many steps the hold
+# covers depends on the machine (action_timeout_s is wall time: ~80 steps at 20 Hz, 3-4 steps at
+# the ~1 step/s of this 2-core machine under a load average of ~13). After the switch to zero
+# motion the arm keeps moving for some steps while the controller brakes it: physics settling,
+# counted in steps whatever the machine's speed. Measured 2026-11-29 (MuJoCo alone, per step, the
+# test's z action 0.2, which keeps even 90 held steps well inside the workspace; 0.5 reached
+# z 0.77 m in 85 steps, where the arm then sagged 0.5-2 mm per step instead of resting):
+#   3 held steps (2.4 mm/step):  1.29, 0.17, -0.03, -0.05, ... (at rest 1 step after the last fast one)
+#   90 held steps (2.5 mm/step): 1.46, 0.47, 0.28, 0.21, 0.17, 0.12, ... (3 steps), then a creep
+#                                decaying below 0.01 mm/step, about 1.1 mm in all over 20 steps
+# The old wall-clock version sampled "held" 0.6 s after the timeout, inside that settling when
+# steps are slow, and saw 5.1 mm of drift; it also wanted 5 steps within 3.5 s.
+HOLD_ACTION_Z = 0.2
+SETTLE_STEPS = 6  # steps from the end of the last fast step to rest; measured 1-3
+AT_REST_MM = 0.25  # per-step motion of an arm at rest: a tenth of the held motion
 REST_STEPS = 5  # consecutive steps at rest that show it stays there
-REST_CREEP_MM = 1.0  # all motion from the first state at rest on; measured 0.1-0.2
+REST_CREEP_MM = 2.5  # all motion from the first state at rest on; measured at most 1.1 in 20 steps
 
 
 def test_realtime_holds_the_last_action_then_stops(bridge):
@@ -319,7 +323,7 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
         """(state where the last fast step ended, first state from which the arm stays at rest),
         once the rise happened and REST_STEPS steps at rest follow; None before that."""
         moves = np.diff(zs) * 1e3  # mm per step: moves[k] takes state k to state k + 1
-        if moves.size == 0 or moves.max() <= 1.0:
+        if moves.size == 0 or moves.max() <= 4 * AT_REST_MM:
             return None  # not risen yet
         fast_end = np.flatnonzero(moves >= 0.5 * moves.max())[-1] + 1
         for rest in range(fast_end, len(moves) - REST_STEPS + 1):
@@ -331,7 +335,7 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
         assert probe.reset().success
         assert wait_until(lambda: len(probe.views()) >= 3, 60.0)
         sent_ns = time.time_ns()
-        probe.action_pub.publish(action_msg([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0], probe.latest_stamp()))
+        probe.action_pub.publish(action_msg([0.0, 0.0, HOLD_ACTION_Z, 0.0, 0.0, 0.0, 1.0], probe.latest_stamp()))
         # Waits for simulator states, not for time: as long as the steps take on a loaded machine.
         def after() -> list[tuple[int, float]]:
             return [(stamp, z) for stamp, z in states() if stamp > sent_ns]
@@ -345,7 +349,7 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
         fast = np.flatnonzero(moves >= 0.5 * moves.max())
         # Held: the one action drove several consecutive steps, each rising about as much ...
         assert len(fast) >= 2 and np.all(np.diff(fast) == 1), moves
-        assert zs[fast_end] - zs[0] > 0.01, moves
+        assert zs[fast_end] - zs[0] > 0.005, moves
         # ... until the timeout: the arm is at rest only in states after it (cause before effect) ...
         assert stamps[rest] >= sent_ns + hold_s * 1e9, (stamps[rest] - sent_ns) * 1e-9
         # ... then zero motion: the arm settles within SETTLE_STEPS steps and stays where it is.

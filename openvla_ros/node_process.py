@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -128,6 +128,19 @@ class NodeProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+        """`wait_until(predicate, timeout)` that ends at once, with RuntimeError (exit code and log
+        tail), if the node exits first: a crashed node never costs a caller the whole timeout."""
+        def done() -> bool:
+            if predicate():
+                return True
+            if not self.running():
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode if self.proc else None}; "
+                                   f"log {self.log_path}:\n{self.log_text()[-3000:]}")
+            return False
+
+        return wait_until(done, timeout, interval)
 
     def stop(self, timeout: float = INTERRUPT_WAIT_S, terminate_timeout: float = TERMINATE_WAIT_S) -> int | None:
         """SIGINT, then after `timeout` s SIGTERM, then after `terminate_timeout` s SIGKILL to the

@@ -162,7 +162,7 @@ def video_dir(tmp_path_factory):
 def bridge(video_dir):
     process = start_bridge(record_video=True, video_dir=str(video_dir))
     with BridgeProbe() as probe:
-        ready = wait_until(lambda: probe.status().get("message") == "running" and probe.views(), 120.0, 0.2)
+        ready = process.wait_until(lambda: probe.status().get("message") == "running" and bool(probe.views()), 120.0, 0.2)
         assert ready, f"bridge did not start an episode:\n{process.log_text()}"
         yield process, probe
     assert process.stop() == 0, process.log_text()

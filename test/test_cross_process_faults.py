@@ -76,7 +76,7 @@ def test_bridge_killed_while_the_policy_runs(tiny_onnx_export, tmp_path):
     bridge = start_bridge(tmp_path / "bridge.log")
     try:
         with LoopProbe() as probe:
-            assert wait_until(lambda: probe.step() >= 2, 300.0, interval=0.2), bridge.log_text()[-3000:]
+            assert bridge.wait_until(lambda: probe.step() >= 2, 300.0, interval=0.2), bridge.log_text()[-3000:]
             os.kill(bridge.pid, signal.SIGKILL)
             assert bridge.proc.wait(timeout=30.0) == -signal.SIGKILL
             actions_at_kill = len(probe.messages("action"))
@@ -112,7 +112,7 @@ def test_policy_killed_during_a_lockstep_episode(tiny_onnx_export, tmp_path):
     replacement = None
     try:
         with LoopProbe() as probe:
-            assert wait_until(lambda: probe.step() >= 3, 300.0, interval=0.2), bridge.log_text()[-3000:]
+            assert bridge.wait_until(lambda: probe.step() >= 3, 300.0, interval=0.2), bridge.log_text()[-3000:]
             os.kill(policy.pid, signal.SIGKILL)
             assert policy.proc.wait(timeout=30.0) == -signal.SIGKILL
             stalled_at = probe.step()
@@ -121,7 +121,7 @@ def test_policy_killed_during_a_lockstep_episode(tiny_onnx_export, tmp_path):
             assert wait_until(lambda: "re-sending the frame" in bridge.log_text(), 60.0), bridge.log_text()[-3000:]
             assert probe.step() <= stalled_at + 1 and bridge.running()  # at most a step already answered
             replacement = start_policy(tiny_onnx_export, tmp_path / "policy2.log")
-            assert wait_until(lambda: probe.status().get("done") == "true", 300.0, interval=0.2), \
+            assert bridge.wait_until(lambda: probe.status().get("done") == "true", 300.0, interval=0.2), \
                 bridge.log_text()[-3000:]
             status = probe.status()
             assert status["step"] == str(STEPS) and status["actions_rejected"] == "0", status

@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
+from openvla_ros.node_process import NodeProcess  # noqa: E402
 from ros_probe import LATCHED, Probe  # noqa: E402
 
 BOUND_S = 5.0
@@ -79,7 +79,7 @@ def active(node: NodeProcess) -> bool:
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_policy_node_idle(sig, tiny_onnx_export, tmp_path):
     node = start_policy(tiny_onnx_export, tmp_path)
-    assert wait_until(lambda: active(node), 120.0), node.log_text()
+    assert node.wait_until(lambda: active(node), 120.0), node.log_text()
     stop_and_check(node, sig)
 
 
@@ -97,7 +97,7 @@ def test_policy_node_during_configure(sig, small_onnx_export, tmp_path):
     the load finishes, the node does not activate and exits. Either way the request came before
     the model was loaded, by the node's own log."""
     node = start_policy(small_onnx_export, tmp_path)
-    assert wait_until(lambda: "autostart: configuring" in node.log_text() or not node.running(), 120.0)
+    assert node.wait_until(lambda: "autostart: configuring" in node.log_text(), 120.0)
     log = stop_and_check(node, sig)
     requested, loaded = stamp_of("shutdown requested", log), stamp_of("loaded openvla", log)
     assert loaded is None or requested < loaded, "the model had finished loading before the signal:\n" + log
@@ -157,7 +157,7 @@ def run_bridge_mid_step(sig: signal.Signals, tmp_path: Path) -> str:
             statuses = probe.messages("episode_status")
             return int({kv.key: kv.value for kv in statuses[-1].values}["step"]) if statuses else 0
 
-        assert wait_until(lambda: steps() >= 20 or not node.running(), 300.0, interval=0.2), node.log_text()[-3000:]
+        assert node.wait_until(lambda: steps() >= 20, 300.0, interval=0.2), node.log_text()[-3000:]
         return stop_and_check(node, sig)
 
 
@@ -166,7 +166,7 @@ def run_bridge_mid_step(sig: signal.Signals, tmp_path: Path) -> str:
 def test_bridge_idle(sig, tmp_path):
     node = start_bridge(tmp_path, start_on_launch=False)
     with Probe("shutdown_probe") as probe:  # up = its reset service is offered
-        assert wait_until(lambda: probe.node.count_publishers("episode_status") > 0 or not node.running(), 300.0)
+        assert node.wait_until(lambda: probe.node.count_publishers("episode_status") > 0, 300.0)
     stop_and_check(node, sig)
 
 

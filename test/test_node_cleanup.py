@@ -193,3 +193,17 @@ def test_nodes_of_a_killed_command_shut_themselves_down(tiny_onnx_export, tmp_pa
     for node in ("policy_node", "libero_bridge"):
         log = command.log(node, domain)
         assert "the process that started this node is gone" in log and "shutdown complete" in log, log
+
+
+def test_a_start_up_timeout_stops_both_nodes(tiny_onnx_export, tmp_path):
+    """The start-up wait running out (here after 1 s, long before the nodes are up) stops the nodes
+    before the error leaves `start()`; a `with` block's exit would not run then."""
+    from openvla_ros.evaluation.node_pair import NodePair, PairConfig
+
+    pair = NodePair(PairConfig(backend="onnxruntime", model_dir=tiny_onnx_export, domain_id=next(DOMAINS),
+                               log_dir=tmp_path, unnorm_key="libero_demo", startup_timeout_s=1.0))
+    with pytest.raises(RuntimeError, match="after 1 s"):
+        pair.start()
+    for process in (pair.policy, pair.bridge):
+        assert process.proc.returncode is not None, f"{process.name} still running"
+        assert not Path(f"/proc/{process.pid}").exists()

@@ -25,8 +25,9 @@ from openvla_ros.node_process import RUN_ID_ENV, wait_until
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 STARTUP_S = 300.0  # generous: a loaded machine imports LIBERO and creates its scene slowly
-# Each test its own ROS domain (run-demo in test_demo_sim.py uses the test domain + 1).
-DOMAINS = iter(range(int(os.environ["ROS_DOMAIN_ID"]) + 3, int(os.environ["ROS_DOMAIN_ID"]) + 40))
+# Two domains next to the test's (run-demo in test_demo_sim.py uses the test domain + 1), shared by
+# these tests one after another: each one checks that nothing of its run is left in them.
+DOMAIN = int(os.environ["ROS_DOMAIN_ID"]) + 3
 
 
 def process_environ(pid: int) -> list[bytes]:
@@ -113,7 +114,7 @@ def demo_args(model_dir: Path, domain: int, motion_steps: int = 3) -> list[str]:
 
 def test_model_folder_without_manifest_fails_before_any_node_starts(tiny_checkpoint, tmp_path):
     """A checkpoint folder given to the onnxruntime backend: refused with the reason, nothing started."""
-    domain = next(DOMAINS)
+    domain = DOMAIN
     command = Command(tmp_path, *eval_args(tiny_checkpoint, domain))
     assert command.wait() == 2
     assert "manifest.json not found" in command.stderr and "use --backend torch" in command.stderr, command.stderr
@@ -123,7 +124,7 @@ def test_model_folder_without_manifest_fails_before_any_node_starts(tiny_checkpo
 
 @pytest.mark.parametrize("which", ["eval-libero", "run-demo"])
 def test_failed_configure_is_reported_at_once_with_the_nodes_message(which, damaged_export, tmp_path):
-    domain = next(DOMAINS)
+    domain = DOMAIN
     args = eval_args(damaged_export, domain) if which == "eval-libero" else demo_args(damaged_export, domain)
     command = Command(tmp_path, *args)
     rc = command.wait()
@@ -142,8 +143,7 @@ def test_failed_configure_is_reported_at_once_with_the_nodes_message(which, dama
 def test_a_node_crashing_mid_episode_ends_the_run_and_every_pair(tiny_onnx_export, tmp_path):
     """eval-libero with two workers: worker 0's policy node is killed mid-episode; the command fails
     naming it, and worker 1's pair (started or still starting) is stopped too."""
-    domain = next(DOMAINS)
-    next(DOMAINS)  # worker 1's
+    domain = DOMAIN  # worker 1: DOMAIN + 1
     command = Command(tmp_path, *eval_args(tiny_onnx_export, domain, workers=2))
     command.wait_for_episode(domain)
     os.kill(command.node_pid("policy_node", domain), signal.SIGKILL)
@@ -159,7 +159,7 @@ def test_a_node_crashing_mid_episode_ends_the_run_and_every_pair(tiny_onnx_expor
 def test_interrupting_the_command_stops_its_nodes_first(sig, code, tiny_onnx_export, tmp_path):
     """run-demo (nodes driven from the main thread) mid-episode: the nodes are stopped, cleanly,
     before the command exits, so nothing is left at the moment it has exited."""
-    domain = next(DOMAINS)
+    domain = DOMAIN
     command = Command(tmp_path, *demo_args(tiny_onnx_export, domain, motion_steps=100))
     command.wait_for_episode(domain)
     command.proc.send_signal(sig)
@@ -173,7 +173,7 @@ def test_interrupting_the_command_stops_its_nodes_first(sig, code, tiny_onnx_exp
 
 def test_sigterm_to_eval_libero_stops_the_workers_pairs(tiny_onnx_export, tmp_path):
     """eval-libero's nodes are driven from worker threads; SIGTERM reaches the main thread."""
-    domain = next(DOMAINS)
+    domain = DOMAIN
     command = Command(tmp_path, *eval_args(tiny_onnx_export, domain))
     command.wait_for_episode(domain)
     command.proc.send_signal(signal.SIGTERM)
@@ -184,7 +184,7 @@ def test_sigterm_to_eval_libero_stops_the_workers_pairs(tiny_onnx_export, tmp_pa
 def test_nodes_of_a_killed_command_shut_themselves_down(tiny_onnx_export, tmp_path):
     """SIGKILL leaves the command no chance to clean up: its nodes see their pipe from it close and
     stop by themselves, each logging why."""
-    domain = next(DOMAINS)
+    domain = DOMAIN
     command = Command(tmp_path, *demo_args(tiny_onnx_export, domain, motion_steps=100))
     command.wait_for_episode(domain)
     command.proc.kill()
@@ -200,7 +200,7 @@ def test_a_start_up_timeout_stops_both_nodes(tiny_onnx_export, tmp_path):
     before the error leaves `start()`; a `with` block's exit would not run then."""
     from openvla_ros.evaluation.node_pair import NodePair, PairConfig
 
-    pair = NodePair(PairConfig(backend="onnxruntime", model_dir=tiny_onnx_export, domain_id=next(DOMAINS),
+    pair = NodePair(PairConfig(backend="onnxruntime", model_dir=tiny_onnx_export, domain_id=DOMAIN,
                                log_dir=tmp_path, unnorm_key="libero_demo", startup_timeout_s=1.0))
     with pytest.raises(RuntimeError, match="after 1 s"):
         pair.start()

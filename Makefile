@@ -21,11 +21,12 @@ endif
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup apt test demo bench tf-check clean-models help
+.PHONY: setup apt test test-loaded demo bench tf-check clean-models help
 
 help:
 	@echo "make demo   - set up, build the demo model once, run bridge + policy node in LIBERO sim"
 	@echo "make test   - set up and run every test"
+	@echo "make test-loaded - every test while a busy loop occupies every core (scripts/cpu_hog.py)"
 	@echo "make setup  - create $(VENV) with ROS 2 wheels, ML deps and the simulator"
 	@echo "make bench  - backend benchmark (JSON) on a generated small checkpoint"
 	@echo "              with ../shared/ros2_launch: setup also colcon-builds install/ (ros2 launch/run)"
@@ -63,6 +64,10 @@ $(COLCON_STAMP): $(ROS2_STAMP) setup.py setup.cfg package.xml resource/openvla_r
 
 test: setup
 	$(PY) -m pytest test $(PYTEST_ARGS)
+
+# The suite on a loaded machine: timing-sensitive tests must reason about steps, stamps and states.
+test-loaded: setup
+	$(PY) scripts/cpu_hog.py -- $(PY) -m pytest test $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m openvla_ros.cli make-demo --out models/demo --skip-if-exists

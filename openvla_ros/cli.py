@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import traceback
 from typing import Sequence
@@ -57,14 +58,21 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    from openvla_ros.node_process import Terminated, termination_raises
+
     try:
-        return int(args._run(args) or 0)
+        with termination_raises():  # SIGTERM, like Ctrl-C, unwinds: commands stop the nodes they started
+            return int(args._run(args) or 0)
     except (ModelFileError, ValueError, FileNotFoundError, RuntimeError) as exc:
         # User-facing errors (bad input, damaged or missing files, unavailable backends) get one clear line.
         if args.debug:
             traceback.print_exc()
         print(f"openvla-ros {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"openvla-ros {args.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

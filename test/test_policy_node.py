@@ -132,7 +132,7 @@ def start_node(model_dir: Path, backend: str, tmp_path: Path, namespace: str | N
 
 
 def wait_active(harness: PolicyNodeHarness, timeout: float = 60.0) -> None:
-    ok = wait_until(lambda: (harness._own_status() or {}).get("state") == "active", timeout, interval=0.2)
+    ok = harness.node.wait_until(lambda: (harness._own_status() or {}).get("state") == "active", timeout, interval=0.2)
     assert ok, "node did not become active:\n" + harness.node.log_text()[-3000:]
 
 

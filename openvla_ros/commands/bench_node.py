@@ -114,10 +114,23 @@ def _frame(probe, data: bytes, width: int, height: int):
     return msg
 
 
-def _wait_first_action(probe, publisher, watcher: ActionWatcher) -> None:
+def _check_node(probe, node) -> None:
+    """RuntimeError with the node's own reason if it exited or reports an error (a failed configure)."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    if not node.running():
+        raise RuntimeError(f"{node.name} exited with code {node.proc.returncode}; log:\n{node.log_text()[-2000:]}")
+    for msg in probe.messages("/diagnostics"):
+        for status in msg.status:
+            if status.level == DiagnosticStatus.ERROR and status.name.endswith(f"/{node.name}"):
+                raise RuntimeError(f"{node.name} reported: {status.message}")
+
+
+def _wait_first_action(probe, publisher, watcher: ActionWatcher, node) -> None:
     """Send small frames until one is answered: discovery done, model loaded, instruction received."""
     deadline = time.monotonic() + FIRST_ACTION_TIMEOUT_S
     while time.monotonic() < deadline:
+        _check_node(probe, node)
         msg = _frame(probe, bytes(64 * 64 * 3), 64, 64)
         publisher.publish(msg)
         if watcher.wait(ActionWatcher.key(msg.header.stamp), 1.0):
@@ -175,14 +188,18 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
     with Probe("bench_node_probe", namespace=namespace) as probe:
         probe.subscribe(JointTrajectory, "action", on_message=watcher.on_action)
         probe.subscribe(DiagnosticArray, timing_topic, on_message=watcher.on_timing)
+        probe.subscribe(DiagnosticArray, "/diagnostics")
         images = probe.publisher(Image, "image", SENSOR_DATA)
         if instruction is not None:
             probe.publisher(String, "instruction", LATCHED).publish(String(data=instruction))
         node.start()
         try:
-            if not probe.wait_for_subscribers("image", timeout=300.0):
-                raise RuntimeError(f"{node.name} did not subscribe to image; log:\n{node.log_text()[-2000:]}")
-            _wait_first_action(probe, images, watcher)
+            deadline = time.monotonic() + FIRST_ACTION_TIMEOUT_S
+            while not probe.wait_for_subscribers("image", timeout=0.5):  # it subscribes once active
+                _check_node(probe, node)
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{node.name} did not subscribe to image; log:\n{node.log_text()[-2000:]}")
+            _wait_first_action(probe, images, watcher, node)
             return {f"{w}x{h}": _measure_size(probe, images, watcher, (w, h), args.frames, args.warmup)
                     for w, h in sizes}
         finally:
@@ -190,10 +207,12 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
 
 
 def run(args: argparse.Namespace) -> int:
+    from openvla_ros.model_check import check_model_dir
     from openvla_ros.node_process import NodeProcess
     from openvla_ros.nodes.dds_profile import large_frames_env
 
     backend, model_dir = _backend_and_dir(args)
+    check_model_dir(backend, model_dir, args.unnorm_key)
     sizes = [parse_size(s) for s in args.sizes]
     if args.frames < 1 or args.warmup < 0:
         raise ValueError("--frames must be >= 1 and --warmup >= 0")

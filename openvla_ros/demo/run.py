@@ -102,9 +102,11 @@ def run_demo(run: DemoRun) -> dict:
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model_dir(run.model_dir, run.backend)
-    expected = expected_actions(model_dir, [seg.instruction for seg in run.schedule])
+    # Checked first (model files, backend, norm stats key): a wrong input fails before anything runs.
     config = PairConfig(backend=run.backend, model_dir=model_dir.resolve(), domain_id=run.domain_id,
-                        log_dir=out / "logs", unnorm_key=DEMO_UNNORM_KEY, instruction_topic=DEMO_INSTRUCTION_TOPIC)
+                        log_dir=out / "logs", unnorm_key=DEMO_UNNORM_KEY,
+                        instruction_topic=DEMO_INSTRUCTION_TOPIC).validate()
+    expected = expected_actions(model_dir, [seg.instruction for seg in run.schedule])
     with NodePair(config) as pair:
         recorder = Recorder(pair, keep_images=True)
         wall_s = run_schedule(pair, recorder, run.schedule, run.task_suite, run.task_id, run.init_state_id)

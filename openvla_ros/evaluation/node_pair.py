@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import State
 from lifecycle_msgs.srv import GetState
 from rcl_interfaces.srv import SetParameters
@@ -26,7 +26,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from openvla_ros.node_process import NodeProcess
+from openvla_ros.model_check import check_model_dir
+from openvla_ros.node_process import NodeProcess, stop_processes
 
 BRIDGE = "libero_bridge"
 POLICY = "policy_node"
@@ -62,6 +63,7 @@ class PairConfig:
             raise ValueError(f"ROS domain id {self.domain_id} out of range: expected 0..{MAX_DOMAIN_ID}")
         if self.record_video and self.video_dir is None:
             raise ValueError("record_video needs a video_dir")
+        check_model_dir(self.backend, self.model_dir, self.unnorm_key)
         return self
 
 
@@ -146,15 +148,27 @@ class NodePair:
         self._spin_thread: threading.Thread | None = None
         self._log = _EpisodeLog()
         self._instruction_pub = None
+        self._policy_report: DiagnosticStatus | None = None  # the policy node's latest /diagnostics status
 
     # ----- lifecycle -----
     def start(self) -> "NodePair":
+        """Start both nodes and wait until they are ready; on any failure (or Ctrl-C) they are stopped
+        again before the exception leaves, since a context manager's exit does not run then."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
         self.bridge.start()
         self.policy.start()
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.config.domain_id)
         self.node = rclpy.create_node(f"eval_driver_{self.config.domain_id}", context=self.context)
         self.node.create_subscription(DiagnosticStatus, "episode_status", self._log.add, STATUS_QOS)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         if self.config.instruction_topic:
             self._instruction_pub = self.node.create_publisher(String, self.config.instruction_topic, LATCHED)
         self._reset = self.node.create_client(Trigger, f"{BRIDGE}/reset")
@@ -167,15 +181,24 @@ class NodePair:
                                              daemon=True)
         self._spin_thread.start()
         self._wait_ready()
-        return self
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == f"/{POLICY}":
+                self._policy_report = status
 
     def _wait_ready(self) -> None:
         """Until the bridge's services are up and the policy node is active (model loaded), so
-        the first step's latency is not the model's load time."""
+        the first step's latency is not the model's load time. Ends at once, with the node's own
+        reason, when a node exits or the policy node reports an error (a failed configure)."""
         deadline = time.monotonic() + self.config.startup_timeout_s
 
         def overdue(what: str) -> None:
             self._check_alive()
+            report = self._policy_report
+            if report is not None and report.level == DiagnosticStatus.ERROR:
+                raise RuntimeError(f"{POLICY} (domain {self.config.domain_id}) reported: {report.message}\n"
+                                   f"{self.log_tails()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} after {self.config.startup_timeout_s:.0f} s "
                                    f"(domain {self.config.domain_id})\n{self.log_tails()}")
@@ -189,18 +212,24 @@ class NodePair:
 
     def close(self) -> None:
         """Stop the driver node and both processes; safe to call twice."""
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._spin_thread.join(timeout=10.0)
-            self._executor = None
-        if self.node is not None:
-            self.node.destroy_node()
-            self.node = None
-        if self.context is not None:
-            rclpy.shutdown(context=self.context)
-            self.context = None
-        self.policy.stop()
-        self.bridge.stop()
+        try:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._spin_thread.join(timeout=10.0)
+                self._executor = None
+            if self.node is not None:
+                self.node.destroy_node()
+                self.node = None
+            if self.context is not None:
+                rclpy.try_shutdown(context=self.context)
+                self.context = None
+        finally:
+            self.stop_nodes()
+
+    def stop_nodes(self) -> None:
+        """Stop both node processes (together, from any thread): a worker still driving this pair
+        then fails at its next check, which is how another thread cancels it."""
+        stop_processes([self.policy, self.bridge])
 
     def __enter__(self) -> "NodePair":
         return self.start()

@@ -24,6 +24,7 @@ from openvla_ros.evaluation.protocol import (INIT_STATES_PER_TASK, effective_unn
 from openvla_ros.evaluation.results import (LATENCY_PLOT, RESULTS_JSON, SUCCESS_PLOT, EpisodeResult, summarize,
                                             write_results)
 from openvla_ros.evaluation.versions import software_versions
+from openvla_ros.model_check import check_model_dir
 
 VIDEO_DIR = "videos"
 LOG_DIR = "logs"
@@ -74,8 +75,7 @@ class EvalConfig:
             raise ValueError(f"max_steps must be >= 0 (0 = suite default), got {self.max_steps}")
         if self.num_steps_wait < 0:
             raise ValueError(f"num_steps_wait must be >= 0, got {self.num_steps_wait}")
-        if not Path(self.model_dir).is_dir():
-            raise FileNotFoundError(f"model directory not found: {self.model_dir}")
+        check_model_dir(self.backend, self.model_dir, self.unnorm_key)
         return self
 
     def settings(self) -> dict:
@@ -182,6 +182,15 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
     lock = threading.Lock()
     stop = threading.Event()
     progress = _Progress(jobs.qsize(), show_progress)
+    pairs: list[NodePair] = []
+
+    def cancel_all() -> None:
+        """End the run now: every pair's nodes are stopped, so every worker fails at its next check."""
+        stop.set()
+        with lock:
+            running = list(pairs)
+        for pair in running:
+            pair.stop_nodes()
     started, started_at = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     run = {"suite": config.suite, "tasks": list(config.tasks), "episodes_per_task": config.episodes_per_task,
            "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
@@ -206,7 +215,12 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
             num_steps_wait=config.num_steps_wait, reset_rng=config.reset_rng, record_video=config.record_video,
             video_dir=(out / VIDEO_DIR).resolve())
         try:
-            with NodePair(pair_config) as pair:
+            pair = NodePair(pair_config)
+            with lock:
+                pairs.append(pair)
+            if stop.is_set():  # checked after joining `pairs`: cancel_all sets it before reading them
+                return
+            with pair:
                 while not stop.is_set():
                     try:
                         job = jobs.get_nowait()
@@ -225,18 +239,29 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                         results.append(result)
                         write(complete=False)
                     progress.episode_done(result)
-        except Exception as exc:  # one failed pair stops the run; its logs are in the message
+        except Exception as exc:  # one failed pair stops the run at once; its logs are in the message
             with lock:
+                if stop.is_set():
+                    return  # cancelled because of another failure, or Ctrl-C: not a failure of its own
                 errors.append(f"worker {index} (ROS domain {pair_config.domain_id}): {exc}")
-            stop.set()
+            cancel_all()
 
     threads = [threading.Thread(target=work, args=(i,), name=f"eval-worker-{i}")
                for i in range(workers if not jobs.empty() else 0)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    progress.close()
+    try:
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.5)  # a timed join, so Ctrl-C / SIGTERM reach this thread
+    except BaseException:
+        cancel_all()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
+        raise
+    finally:
+        progress.close()
 
     summary = write(complete=not errors and len(results) == len(plan))
     plot_success_per_task(summary["per_task"], config.suite, out / SUCCESS_PLOT)

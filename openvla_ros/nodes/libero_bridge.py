@@ -65,7 +65,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -79,7 +78,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.sim.action_inbox import ActionInbox, ReceivedAction, parse_action
 from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
@@ -446,25 +445,28 @@ class LiberoBridge(Node):
         self._stopping.set()
         self._inbox.interrupt()
         self._sim_thread.join(timeout=30.0)
+        # A ~/reset caller waiting for the sim thread would hold the executor's shutdown for
+        # RESET_TIMEOUT_S: answer it now.
+        while not self._resets.empty():
+            reset = self._resets.get_nowait()
+            reset.message = "the bridge is shutting down"
+            reset.finished.set()
         self._close_video()
         if self._env is not None:
             self._env.close()
             self._env = None
 
 
+def _release(node: LiberoBridge, executor: MultiThreadedExecutor, log) -> None:
+    episode = node._episode
+    if node._running():
+        log(f"episode {episode.episode} running at step {episode.step}: the simulator finishes its step first")
+    node.shutdown()
+    executor.shutdown()
+
+
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = LiberoBridge()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        spin_until_shutdown(executor)
-    finally:
-        node.shutdown()
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(args, "libero_bridge", LiberoBridge, lambda: MultiThreadedExecutor(num_threads=3), cleanup=_release)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
@@ -79,7 +78,7 @@ from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, InferenceTimeout
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
-from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.nodes.timing import timing_message
 from openvla_ros.policy import Policy, Prediction, load_policy
 from openvla_ros.processing import center_crop
@@ -586,23 +585,26 @@ def _infer(policy: Policy, image: np.ndarray, crop_scale: float, instruction: st
     return prediction, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
 
-def main(args: list[str] | None = None, policy_loader: Callable[..., Policy] = load_policy) -> None:
-    """`policy_loader`: see PolicyNode; test/fault_injection/ passes a fault-injecting wrapper."""
-    rclpy.init(args=args)
-    node = PolicyNode(policy_loader=policy_loader)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+def _autostart(node: PolicyNode) -> None:
     if node.get_parameter("autostart").value:
+        node.get_logger().info("autostart: configuring")
         node.trigger_configure()
-        if node.state == "inactive":
+        if node.state == "inactive" and node.context.ok():  # not when a SIGTERM came during configure
             node.trigger_activate()
-    try:
-        spin_until_shutdown(executor)
-    finally:
-        node.stop_worker()
-        node._release_policy()
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+
+def _release(node: PolicyNode, executor, log) -> None:
+    if node._inference_lock.locked():
+        log("an inference is running: it finishes before the backend is released")
+    node.stop_worker()
+    node._release_policy()
+
+
+def main(args: list[str] | None = None, policy_loader: Callable[..., Policy] = load_policy) -> None:
+    """`policy_loader`: see PolicyNode; test/ros_scripts/fault_injecting_policy_node.py passes a
+    fault-injecting wrapper of the real backend."""
+    run_node(args, "policy_node", lambda: PolicyNode(policy_loader=policy_loader), SingleThreadedExecutor,
+             start=_autostart, cleanup=_release)
 
 
 if __name__ == "__main__":

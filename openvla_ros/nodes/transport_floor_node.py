@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -23,7 +22,7 @@ from openvla_ros.actions import POSE_LABELS
 from openvla_ros.nodes.image_conversion import image_to_rgb
 from openvla_ros.nodes.policy_node import OUTPUTS, SENSOR_DATA
 from openvla_ros.nodes.policy_params import PARAMS
-from openvla_ros.nodes.spin import spin_until_shutdown
+from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.nodes.timing import timing_message
 
 MAX_IMAGE_PIXELS = PARAMS["max_image_pixels"].default  # the policy node's default limit
@@ -54,15 +53,7 @@ class TransportFloorNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = TransportFloorNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        spin_until_shutdown(executor)
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(args, "transport_floor_node", TransportFloorNode, SingleThreadedExecutor)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from openvla_ros.sim.heap import release_free_heap
+
 # Episode length per suite, as in OpenVLA's LIBERO evaluation (longest training demo + margin).
 MAX_STEPS = {
     "libero_spatial": 220,
@@ -134,7 +136,10 @@ class LiberoEnv:
         if not 0 <= num_steps_wait < ENV_HORIZON:
             raise ValueError(f"num_steps_wait must be in 0..{ENV_HORIZON - 1}, got {num_steps_wait}")
         self._env.seed(self.seed)
+        # robosuite's hard reset (kept: it is what OpenVLA's evaluation runs) rebuilds the MuJoCo
+        # model and render context; give the old one's pages back (see openvla_ros.sim.heap).
         self._env.reset()
+        release_free_heap()
         raw = self._env.set_init_state(self._init_states[init_state_id])
         for _ in range(num_steps_wait):
             raw, _, _, _ = self._env.step(NO_OP_ACTION.copy())

@@ -11,13 +11,15 @@ PYTEST_ARGS ?=
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup apt test demo bench clean-models help
+.PHONY: setup apt test demo bench soak bench-eval-memory clean-models help
 
 help:
 	@echo "make demo   - set up, build the demo model once, run bridge + policy node in LIBERO sim"
 	@echo "make test   - set up and run every test"
 	@echo "make setup  - create $(VENV) with ROS 2 wheels, ML deps and the simulator"
 	@echo "make bench  - backend benchmark (JSON) on a generated small checkpoint"
+	@echo "make soak   - 30-minute closed-loop soak with the demo model (JSON + PNG)"
+	@echo "make bench-eval-memory - 100 LIBERO episodes on 2 workers must stay under 8 GB in total"
 
 setup: apt $(STAMP)
 
@@ -48,6 +50,15 @@ demo: setup
 bench: setup
 	$(PY) -m openvla_ros.cli make-tiny --size small --out models/small --skip-if-exists
 	$(PY) -m openvla_ros.cli bench --checkpoint models/small --out models/small/bench.json
+
+soak: setup
+	$(PY) -m openvla_ros.cli make-demo --out models/demo --skip-if-exists
+	$(PY) -m openvla_ros.cli soak --minutes 30 --out models/demo/soak
+
+bench-eval-memory: setup
+	$(PY) -m openvla_ros.cli make-demo --out models/demo --skip-if-exists
+	$(PY) -m openvla_ros.cli eval-libero --suite libero_object --tasks 0,1 --episodes-per-task 50 --workers 2 \
+	    --model-dir models/demo/onnx --no-video --memory-budget-mb 8192 --out models/demo/eval-memory
 
 clean-models:
 	rm -rf models/*/

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from openvla_ros.evaluation.memory import node_rss_mb, worker_memory
 from openvla_ros.evaluation.node_pair import MAX_DOMAIN_ID, NodePair, PairConfig
 from openvla_ros.evaluation.plots import plot_latency_histogram, plot_success_per_task
 from openvla_ros.evaluation.results import LATENCY_PLOT, SUCCESS_PLOT, EpisodeResult, summarize, write_results
@@ -133,6 +134,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
         jobs.put(job)
     workers = min(config.workers, len(plan))
     results: list[EpisodeResult] = []
+    memory: list[dict] = []  # per worker: its nodes' peak RSS
     errors: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -151,8 +153,9 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                     try:
                         job = jobs.get_nowait()
                     except queue.Empty:
-                        return
+                        break
                     record = pair.run_episode(config.suite, job.task_id, job.init_state_id, config.max_steps)
+                    rss = node_rss_mb(pair)
                     result = EpisodeResult(
                         task_suite=config.suite, task_id=job.task_id, init_state_id=job.init_state_id,
                         instruction=record.values["instruction"], success=record.success, steps=record.steps,
@@ -160,10 +163,13 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                         actions_rejected=int(record.values["actions_rejected"]), wall_s=record.wall_s,
                         latency_ms=record.latencies_ms,
                         video=str(record.video.relative_to(out.resolve())) if record.video else None,
-                        worker=index, domain_id=pair_config.domain_id)
+                        worker=index, domain_id=pair_config.domain_id, **rss)
                     with lock:
                         results.append(result)
                     progress.episode_done(result)
+                peaks = worker_memory(pair, index)  # before the nodes stop: their peak RSS so far
+                with lock:
+                    memory.append(peaks)
         except Exception as exc:  # one failed pair stops the run; its logs are in the message
             with lock:
                 errors.append(f"worker {index} (ROS domain {pair_config.domain_id}): {exc}")
@@ -181,7 +187,9 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
            "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
            "camera_size": config.camera_size, "center_crop_scale": config.center_crop_scale,
            "max_steps": config.max_steps, "started_at": started_at,
-           "wall_s": round(time.monotonic() - started, 1), "complete": not errors and len(results) == len(plan)}
+           "wall_s": round(time.monotonic() - started, 1), "complete": not errors and len(results) == len(plan),
+           "memory": {"workers": sorted(memory, key=lambda m: m["worker"]),
+                      "total_peak_rss_mb": round(sum(m["total_peak_rss_mb"] for m in memory), 1)}}
     summary = summarize(results, run)
     write_results(out, summary)
     plot_success_per_task(summary["per_task"], config.suite, out / SUCCESS_PLOT)

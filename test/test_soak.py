@@ -108,3 +108,34 @@ def test_soak_two_minutes(demo_model, tmp_path):
 
     with Image.open(out / "soak.png") as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+def _episode(number: int, bridge_mb: float, rejected: int = 0) -> dict:
+    return {"episode": number, "init_state_id": number - 1, "outcome": "max_steps", "steps": 10,
+            "actions_rejected": rejected, "wall_s": 1.0, "action_latency_ms_mean": None,
+            "bridge_rss_mb": bridge_mb, "policy_rss_mb": 130.0}
+
+
+def _sample(t_s: float, errors: int) -> dict:
+    process = {"rss_mb": 1600.0, "peak_rss_mb": 1700.0, "fds": 19, "threads": 28}
+    return {"t_s": t_s, "episodes_done": 0, "libero_bridge": process, "policy_node": {**process, "rss_mb": 130.0},
+            "policy_diagnostics": {"frames_received": 10, "actions_published": 10, "errors": errors,
+                                   "inference_latency_p50_ms": 90.0, "inference_latency_p95_ms": 120.0}}
+
+
+def test_soak_verdict_counts_growth_errors_and_lost_episodes(tmp_path):
+    from openvla_ros.evaluation.soak import SoakConfig, plot_soak, summarize
+
+    config = SoakConfig(model_dir=tmp_path, out=tmp_path, domain_id=1, episodes=4, warmup_episodes=2)
+    flat = [_episode(1, 1500.0), _episode(2, 1600.0), _episode(3, 1620.0), _episode(4, 1610.0)]
+    good = summarize(config, [_sample(0.0, 0), _sample(5.0, 0)], flat, [], "now")
+    assert good["acceptance"]["passed"] and good["acceptance"]["rss_growth_after_warmup"]["bridge"]["growth"] == 0.0094
+    assert good["actions_total"] == 40
+    leaking = summarize(config, [_sample(0.0, 0)], flat[:2] + [_episode(3, 1700.0), _episode(4, 1800.0)], [], "now")
+    assert not leaking["acceptance"]["passed"]
+    gap = summarize(config, [_sample(0.0, 0)], flat[:2] + [_episode(4, 1600.0), _episode(5, 1600.0)], [], "now")
+    assert gap["acceptance"]["episodes_lost"] == 1 and not gap["acceptance"]["passed"]
+    errors = summarize(config, [_sample(0.0, 2)], flat[:3] + [_episode(4, 1600.0, rejected=1)], ["bridge exited"], "now")
+    assert errors["acceptance"]["node_errors"] == 2 + 1 + 1 and errors["acceptance"]["episodes_lost"] == 1
+    plot_soak(errors, tmp_path / "soak.png")
+    assert (tmp_path / "soak.png").stat().st_size > 10_000

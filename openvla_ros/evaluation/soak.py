@@ -94,8 +94,10 @@ class _PolicyDiagnostics:
         return snapshot
 
 
-def _process_sample(pair: NodePair) -> dict:
-    return {name: stats.to_json() if stats else None for name, stats in pair_stats(pair).items()}
+def _sample(pair: NodePair, started: float, episodes_done: int, diagnostics: _PolicyDiagnostics) -> dict:
+    return {"t_s": round(time.monotonic() - started, 2), "episodes_done": episodes_done,
+            **{name: stats.to_json() if stats else None for name, stats in pair_stats(pair).items()},
+            "policy_diagnostics": diagnostics.snapshot()}
 
 
 def run_soak(config: SoakConfig) -> dict:
@@ -122,8 +124,7 @@ def run_soak(config: SoakConfig) -> dict:
 
         def sample_loop() -> None:
             while True:
-                samples.append({"t_s": round(time.monotonic() - started, 2), "episodes_done": len(episodes),
-                                **_process_sample(pair), "policy_diagnostics": diagnostics.snapshot()})
+                samples.append(_sample(pair, started, len(episodes), diagnostics))
                 if stop_sampling.wait(config.sample_interval_s):
                     return
 
@@ -139,8 +140,7 @@ def run_soak(config: SoakConfig) -> dict:
             stop_sampling.set()
             sampler.join()
             # The last word on peaks and counters, before the processes stop.
-            samples.append({"t_s": round(time.monotonic() - started, 2), "episodes_done": len(episodes),
-                            **_process_sample(pair), "policy_diagnostics": diagnostics.snapshot()})
+            samples.append(_sample(pair, started, len(episodes), diagnostics))
 
     summary = summarize(config, samples, episodes, failures, started_at)
     (out / SOAK_JSON).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -21,7 +21,7 @@ endif
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup apt test test-loaded demo bench tf-check clean-models help
+.PHONY: setup apt test test-loaded demo bench soak bench-eval-memory tf-check clean-models help
 
 help:
 	@echo "make demo   - set up, build the demo model once, run bridge + policy node in LIBERO sim"
@@ -31,6 +31,8 @@ help:
 	@echo "make bench  - backend benchmark (JSON) on a generated small checkpoint"
 	@echo "              with ../shared/ros2_launch: setup also colcon-builds install/ (ros2 launch/run)"
 	@echo "make tf-check - OpenVLA's LIBERO image path against TensorFlow itself (own venv, ~300 MB once)"
+	@echo "make soak   - 30-minute closed-loop soak with the demo model (JSON + PNG)"
+	@echo "make bench-eval-memory - 100 LIBERO episodes on 2 workers must stay under 8 GB in total"
 
 setup: apt $(STAMP) $(ROS2_TARGETS)
 
@@ -85,6 +87,15 @@ tf-check: setup
 	$(TF_VENV)/bin/python -c "import tensorflow" 2>/dev/null || \
 	  $(TF_VENV)/bin/python -m pip --disable-pip-version-check install -q "tensorflow-cpu==2.21.0" numpy
 	OPENVLA_TF_PYTHON=$(TF_VENV)/bin/python $(PY) -m pytest test/test_tf_image.py $(PYTEST_ARGS)
+
+soak: setup
+	$(PY) -m openvla_ros.cli make-demo --out models/demo --skip-if-exists
+	$(PY) -m openvla_ros.cli soak --minutes 30 --out models/demo/soak
+
+bench-eval-memory: setup
+	$(PY) -m openvla_ros.cli make-demo --out models/demo --skip-if-exists
+	$(PY) -m openvla_ros.cli eval-libero --suite libero_object --tasks 0,1 --episodes-per-task 50 --workers 2 \
+	    --model-dir models/demo/onnx --no-video --memory-budget-mb 8192 --out models/demo/eval-memory
 
 clean-models:
 	rm -rf models/*/

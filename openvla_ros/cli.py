@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-demo": ("make_demo", "train and export the demo model that follows simple instructions"),
     "run-demo": ("run_demo", "run the demo model in closed loop with the LIBERO bridge"),
     "eval-libero": ("eval_libero", "evaluate a policy on LIBERO suites through the ROS topics"),
+    "soak": ("soak", "run the closed loop for minutes or episodes and record both nodes' health (JSON, PNG)"),
 }
 
 

@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-video", action="store_true", help="do not record a video per episode")
     parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--memory-budget-mb", type=float, default=0.0,
+                        help="exit 1 when the nodes' peak RSS, summed over workers, exceeds this (0 = no check)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,4 +80,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"protocol drift: {drift['setting']} {drift['run']} (protocol {args.protocol}: {drift['protocol']})")
     print(f"{args.suite}: {summary['successes_total']}/{summary['episodes_total']} episodes succeeded "
           f"({100.0 * summary['success_rate']:.1f}%) in {summary['run']['wall_s']:.0f} s; results in {args.out}")
+    total = summary["run"]["memory"]["total_peak_rss_mb"]
+    print(f"nodes' peak RSS over {summary['run']['workers']} worker(s): {total:.0f} MB")
+    if args.memory_budget_mb and total > args.memory_budget_mb:
+        print(f"over the memory budget of {args.memory_budget_mb:.0f} MB")
+        return 1
     return 0

@@ -57,12 +57,18 @@ class PairConfig:
     # instead of following the task's language from the bridge).
     instruction_topic: str | None = None
     startup_timeout_s: float = 180.0
+    # "lockstep" (evaluation: the bridge calls the policy's ~/step per frame) or "realtime" (the
+    # soak: the bridge steps at control_rate_hz, the policy infers on every new frame).
+    bridge_mode: str = "lockstep"
+    control_rate_hz: float = 20.0
 
     def validate(self) -> "PairConfig":
         if not 0 <= self.domain_id <= MAX_DOMAIN_ID:
             raise ValueError(f"ROS domain id {self.domain_id} out of range: expected 0..{MAX_DOMAIN_ID}")
         if self.record_video and self.video_dir is None:
             raise ValueError("record_video needs a video_dir")
+        if self.bridge_mode not in ("lockstep", "realtime"):
+            raise ValueError(f"bridge_mode must be lockstep or realtime, got {self.bridge_mode!r}")
         check_model_dir(self.backend, self.model_dir, self.unnorm_key)
         return self
 
@@ -121,8 +127,10 @@ class NodePair:
         self.config = config.validate()
         env = {"ROS_DOMAIN_ID": str(config.domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         log_dir = Path(config.log_dir)
+        lockstep = config.bridge_mode == "lockstep"
         bridge_params = {
-            "mode": "lockstep", "call_policy_step": True, "start_on_launch": False,
+            "mode": config.bridge_mode, "call_policy_step": lockstep, "start_on_launch": False,
+            "control_rate_hz": config.control_rate_hz,
             "camera_size": config.camera_size, "gripper_postprocess": "openvla",
             "image_preprocess": config.image_preprocess, "num_steps_wait": config.num_steps_wait,
             "reset_rng": config.reset_rng,
@@ -130,7 +138,8 @@ class NodePair:
         }
         policy_params = {
             "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
-            "mode": "trigger", "autostart": True, "center_crop_scale": config.center_crop_scale,
+            "mode": "trigger" if lockstep else "continuous", "autostart": True,
+            "center_crop_scale": config.center_crop_scale,
             # Lockstep waits for the action, so a frame is never stale in the control sense; a loaded
             # machine must not make the policy refuse it.
             "max_image_age_s": 30.0,

@@ -32,6 +32,9 @@ class EpisodeResult:
     video: str | None  # relative to the output directory
     worker: int
     domain_id: int
+    # the nodes' RSS right after this episode (from /proc); None where it could not be read
+    bridge_rss_mb: float | None = None
+    policy_rss_mb: float | None = None
 
     def to_json(self) -> dict:
         raw = asdict(self)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from openvla_ros.evaluation.memory import node_rss_mb, worker_memory
 from openvla_ros.evaluation.node_pair import MAX_DOMAIN_ID, NodePair, PairConfig
 from openvla_ros.evaluation.plots import plot_latency_histogram, plot_success_per_task
 from openvla_ros.evaluation.protocol import (INIT_STATES_PER_TASK, effective_unnorm_key, is_official_unnorm_key,
@@ -178,6 +179,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
         if (job.task_id, job.init_state_id) not in done:
             jobs.put(job)
     workers = max(1, min(config.workers, jobs.qsize()))
+    memory: list[dict] = []  # per worker: its nodes' peak RSS
     errors: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -203,7 +205,10 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
            "started_at": started_at}
 
     def write(complete: bool) -> dict:
-        summary = summarize(results, {**run, "wall_s": round(time.monotonic() - started, 1), "complete": complete})
+        summary = summarize(results, {**run, "wall_s": round(time.monotonic() - started, 1), "complete": complete,
+                                      "memory": {"workers": sorted(memory, key=lambda m: m["worker"]),
+                                                 "total_peak_rss_mb": round(sum(m["total_peak_rss_mb"]
+                                                                                for m in memory), 1)}})
         write_results(out, summary)
         return summary
 
@@ -225,8 +230,9 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                     try:
                         job = jobs.get_nowait()
                     except queue.Empty:
-                        return
+                        break
                     record = pair.run_episode(config.suite, job.task_id, job.init_state_id, config.max_steps)
+                    rss = node_rss_mb(pair)
                     result = EpisodeResult(
                         task_suite=config.suite, task_id=job.task_id, init_state_id=job.init_state_id,
                         instruction=record.values["instruction"], success=record.success, steps=record.steps,
@@ -234,12 +240,15 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                         actions_rejected=int(record.values["actions_rejected"]), wall_s=record.wall_s,
                         latency_ms=record.latencies_ms,
                         video=str(record.video.relative_to(out.resolve())) if record.video else None,
-                        worker=index, domain_id=pair_config.domain_id)
+                        worker=index, domain_id=pair_config.domain_id, **rss)
                     with lock:
                         results.append(result)
                         write(complete=False)
                     progress.episode_done(result)
-        except Exception as exc:  # one failed pair stops the run at once; its logs are in the message
+                peaks = worker_memory(pair, index)  # before the nodes stop: their peak RSS so far
+                with lock:
+                    memory.append(peaks)
+        except Exception as exc:  # one failed pair stops the run; its logs are in the message
             with lock:
                 if stop.is_set():
                     return  # cancelled because of another failure, or Ctrl-C: not a failure of its own

@@ -82,6 +82,7 @@ from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.sim.action_inbox import ActionInbox, ReceivedAction, parse_action
 from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
+from openvla_ros.sim.heap import cap_malloc_arenas
 from openvla_ros.sim.libero_env import NO_OP_ACTION, LiberoEnv, Observation, postprocess_gripper
 from openvla_ros.sim.video import EpisodeVideo, episode_video_path
 from openvla_ros.stamps import stamp_problem
@@ -466,6 +467,9 @@ def _release(node: LiberoBridge, executor: MultiThreadedExecutor, log) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    # Before any thread exists: with per-thread arenas every episode's model rebuild left
+    # ~128 MB resident (openvla_ros.sim.heap).
+    cap_malloc_arenas(1)
     run_node(args, "libero_bridge", LiberoBridge, lambda: MultiThreadedExecutor(num_threads=3), cleanup=_release)
 
 

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from openvla_ros.sim.heap import release_free_heap
+
 # Episode length per suite, as in OpenVLA's LIBERO evaluation (longest training demo + margin).
 MAX_STEPS = {
     "libero_spatial": 220,
@@ -146,7 +148,10 @@ class LiberoEnv:
             self._restore_openvla_rng(init_state_id)
         else:
             self._env.seed(self.seed)
+        # robosuite's hard reset (kept: it is what OpenVLA's evaluation runs) rebuilds the MuJoCo
+        # model and render context; give the old one's pages back (see openvla_ros.sim.heap).
         self._env.reset()
+        release_free_heap()
         raw = self._env.set_init_state(self._init_states[init_state_id])
         for _ in range(num_steps_wait):
             raw, _, _, _ = self._env.step(NO_OP_ACTION.copy())

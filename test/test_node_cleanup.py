@@ -94,10 +94,14 @@ class Command:
 
 @pytest.fixture(scope="module")
 def damaged_export(tiny_onnx_export, tmp_path_factory) -> Path:
-    """The tiny export with its vision graph overwritten by bytes that are no ONNX model."""
+    """The tiny export with its vision graph overwritten, at its recorded size, by bytes that are no
+    ONNX model: the size check before start passes, so it is the node's configure that fails."""
     path = tmp_path_factory.mktemp("damaged") / "export"
     shutil.copytree(tiny_onnx_export, path)
-    (path / "vision_backbone.onnx").write_bytes(b"this is not an ONNX model\n" * 40)
+    graph = path / "vision_backbone.onnx"
+    filler = b"this is not an ONNX model\n"
+    size = graph.stat().st_size
+    graph.write_bytes((filler * (size // len(filler) + 1))[:size])
     return path
 
 
@@ -132,8 +136,8 @@ def test_failed_configure_is_reported_at_once_with_the_nodes_message(which, dama
     print(f"{which}: failed configure reported after {elapsed:.1f} s")
     assert rc == 2, command.stderr[-3000:]
     # The wait ended on the node's own report (not on the 180 s start-up timeout), and the message is the node's.
-    assert f"policy_node (domain {domain}) reported: configure failed: InvalidProtobuf" in command.stderr, \
-        command.stderr[-3000:]
+    assert f"policy_node (domain {domain}) reported: configure failed: " in command.stderr, command.stderr[-3000:]
+    assert "vision_backbone.onnx: not ONNX: it starts with byte 0x74" in command.stderr, command.stderr[-3000:]
     assert "vision_backbone.onnx" in command.stderr and "not active after" not in command.stderr
     assert command.leftovers() == {}
     for node in ("policy_node", "libero_bridge"):

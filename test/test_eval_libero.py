@@ -4,6 +4,7 @@ bridge and policy node processes (slow), checking every output it writes."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -90,38 +91,47 @@ def test_protocol_preset_is_openvlas_published_settings():
         protocol_settings("octo", "libero_goal", 10)
 
 
-def _model_dir(tmp_path, keys):
+def _model_dir(export, tmp_path, keys):
+    """A copy of a real export whose norm stats are named `keys` (validate loads the manifest)."""
     model = tmp_path / f"model_{'_'.join(keys)}"
-    model.mkdir(exist_ok=True)
-    (model / "manifest.json").write_text(json.dumps({"norm_stats": {k: {} for k in keys}}))
+    if not model.is_dir():
+        shutil.copytree(export, model)
+        manifest = json.loads((model / "manifest.json").read_text())
+        stats = next(iter(manifest["norm_stats"].values()))
+        manifest["norm_stats"] = {k: stats for k in keys}
+        (model / "manifest.json").write_text(json.dumps(manifest))
     return model
 
 
-def _official_config(tmp_path, **change):
+def _official_config(export, tmp_path, **change):
     settings = dict(suite="libero_object", tasks=tuple(range(10)), episodes_per_task=50, backend="onnxruntime",
-                    model_dir=_model_dir(tmp_path, ["libero_object_no_noops"]), out=tmp_path / "out")
+                    model_dir=_model_dir(export, tmp_path, ["libero_object_no_noops"]), out=tmp_path / "out")
     return EvalConfig(**{**settings, **change}).validate()
 
 
-def test_official_finetune_off_protocol_is_refused_unless_allowed(tmp_path):
-    assert _official_config(tmp_path).drift() == []  # the defaults are the protocol
+def test_official_finetune_off_protocol_is_refused_unless_allowed(tiny_onnx_export, tmp_path):
+    assert _official_config(tiny_onnx_export, tmp_path).drift() == []  # the defaults are the protocol
     for change, setting in (({"center_crop_scale": 1.0}, "center_crop_scale"),
                             ({"image_preprocess": "none"}, "image_preprocess"),
                             ({"camera_size": 224}, "camera_size"), ({"num_steps_wait": 0}, "num_steps_wait"),
                             ({"max_steps": 100}, "max_steps"), ({"episodes_per_task": 5}, "episodes_per_task"),
-                            ({"tasks": (0,)}, "tasks"), ({"unnorm_key": "libero_goal_no_noops"}, "unnorm_key"),
+                            ({"tasks": (0,)}, "tasks"),
+                            ({"unnorm_key": "libero_goal_no_noops", "model_dir": _model_dir(
+                                tiny_onnx_export, tmp_path, ["libero_object_no_noops", "libero_goal_no_noops"])},
+                             "unnorm_key"),
                             ({"reset_rng": "reseed"}, "reset_rng")):
         with pytest.raises(ProtocolDriftError, match=f"{setting}.*--allow-protocol-drift"):
-            _official_config(tmp_path, **change).drift()
-        drift = _official_config(tmp_path, allow_protocol_drift=True, **change).drift()
+            _official_config(tiny_onnx_export, tmp_path, **change).drift()
+        drift = _official_config(tiny_onnx_export, tmp_path, allow_protocol_drift=True, **change).drift()
         assert [d["setting"] for d in drift] == [setting]
     # another model's key: off-protocol settings run, and are still reported
-    other = _official_config(tmp_path, model_dir=_model_dir(tmp_path, ["demo"]), camera_size=128)
+    other = _official_config(tiny_onnx_export, tmp_path, model_dir=_model_dir(tiny_onnx_export, tmp_path, ["demo"]),
+                             camera_size=128)
     assert other.drift() == [{"setting": "camera_size", "protocol": 256, "run": 128}]
 
 
-def test_resume_skips_recorded_episodes_and_refuses_other_settings(tmp_path):
-    config = _official_config(tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True, resume=True,
+def test_resume_skips_recorded_episodes_and_refuses_other_settings(tiny_onnx_export, tmp_path):
+    config = _official_config(tiny_onnx_export, tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True, resume=True,
                               record_video=False)
     episodes = [EpisodeResult("libero_object", 0, i, "pick up", i == 1, 10, 280, 0, 1.0, [5.0], None, 0, 1)
                 for i in range(2)]

@@ -235,6 +235,10 @@ class PolicyNode(LifecycleNode):
         """'unconfigured' | 'inactive' | 'active'."""
         return self._state
 
+    def inference_running(self) -> bool:
+        """A backend call is running (the inference lock only covers starting one)."""
+        return self._backend.busy()
+
     def _release_policy(self) -> None:
         with self._inference_lock:
             with self._cond:
@@ -594,7 +598,7 @@ def _autostart(node: PolicyNode) -> None:
 
 
 def _release(node: PolicyNode, executor, log) -> None:
-    if node._inference_lock.locked():
+    if node.inference_running():
         log("an inference is running: it finishes before the backend is released")
     node.stop_worker()
     node._release_policy()

@@ -10,7 +10,7 @@ import torch
 from openvla_ros.actions import ActionDecoder
 from openvla_ros.checkpoint import OpenVLAConfig
 from openvla_ros.model.openvla import OpenVLA
-from openvla_ros.policy import Prediction
+from openvla_ros.policy_protocol import Prediction
 from openvla_ros.processing import ImageProcessor, PromptTokenizer
 
 

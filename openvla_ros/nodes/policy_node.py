@@ -80,7 +80,8 @@ from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.latency_window import LatencyWindow
 from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.nodes.timing import timing_message
-from openvla_ros.policy import Policy, Prediction, load_policy
+from openvla_ros.policy import load_policy
+from openvla_ros.policy_protocol import Policy, Prediction
 from openvla_ros.processing import center_crop
 from openvla_ros.stamps import stamp_problem
 

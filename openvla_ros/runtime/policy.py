@@ -12,7 +12,7 @@ import numpy as np
 
 from openvla_ros.actions import ActionDecoder
 from openvla_ros.input_checks import check_prompt_fits
-from openvla_ros.policy import Prediction
+from openvla_ros.policy_protocol import Prediction
 from openvla_ros.processing import ImageProcessor, PromptTokenizer
 from openvla_ros.runtime.manifest import Manifest
 from openvla_ros.runtime.pipeline import GenerationResult, GraphPipeline

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from openvla_ros.input_checks import DEFAULT_MAX_INSTRUCTION_CHARS
 from openvla_ros.policy import BACKENDS
+from openvla_ros.policy_core.limits import parse_action_limits
 
 RUNTIME, ACTIVATE, CONFIGURE = "runtime", "activate", "configure"
 MODES = ("continuous", "trigger")
@@ -94,22 +94,6 @@ def check_value(name: str, value: Any) -> None:
         raise ValueError(f"mode {value!r} is unknown; expected one of {', '.join(MODES)}")
     if name == "action_limits":
         parse_action_limits(value, None)
-
-
-def parse_action_limits(values, action_dim: int | None) -> np.ndarray | None:
-    """[min0, max0, ...] -> float64 [dim, 2], or None for no clipping ([] or [0.0])."""
-    values = [float(v) for v in values]
-    if values in ([], [0.0]):
-        return None
-    if len(values) % 2 or (action_dim is not None and len(values) != 2 * action_dim):
-        expected = f"2 x {action_dim} = {2 * action_dim}" if action_dim is not None else "an even number of"
-        raise ValueError(f"action_limits has {len(values)} values; expected {expected} values "
-                         "[min0, max0, min1, max1, ...] or [] for no clipping")
-    limits = np.asarray(values, dtype=np.float64).reshape(-1, 2)
-    bad = [i for i, (lo, hi) in enumerate(limits) if not lo <= hi]
-    if bad:
-        raise ValueError(f"action_limits: min > max (or NaN) for dimension(s) {bad}")
-    return limits
 
 
 def launch_overrides(arguments: dict[str, str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Input checks apart from faults (ROS-free): instruction text, the export's prompt budget, header
-stamps, and the backend runner's timeout (a real blocking call on its own thread)."""
+stamps, and the backend runner's timeout (a real blocking call, watched from another thread)."""
 from __future__ import annotations
 
+import queue
 import threading
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from openvla_ros.input_checks import (ImageRejected, InputRejected, InstructionRejected, check_instruction_text,
                                       check_prompt_fits)
-from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, InferenceTimeout
+from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, CallAbandoned, InferenceTimeout
 from openvla_ros.processing import validate_image
 from openvla_ros.stamps import FUTURE, ZERO, stamp_problem
 
@@ -71,20 +72,32 @@ def test_stamp_problems(stamp_ns, now_ns, expected):
 
 
 def test_backend_runner_times_out_discards_the_late_result_and_defers_close():
-    runner, release, closed = BackendRunner(), threading.Event(), []
+    runner, release, closed, timeouts = BackendRunner(), threading.Event(), [], queue.Queue()
+    never = timeouts.put  # a call that returns in time never calls this
     try:
-        assert runner.wait(runner.start(lambda: 7), timeout=30.0) == 7
-        hung = runner.start(release.wait)
-        with pytest.raises(InferenceTimeout, match="inference_timeout_s = 0.05 s"):
-            runner.wait(hung, timeout=0.05)
+        assert runner.run(runner.start(lambda: 7, 30.0, never)) == 7
+        hung = runner.start(release.wait, 0.05, timeouts.put)
+        outcome: queue.Queue = queue.Queue()
+
+        def run_hung() -> None:  # the hung call blocks its own thread, as it does the node's inference thread
+            try:
+                outcome.put(runner.run(hung))
+            except CallAbandoned as exc:
+                outcome.put(exc)
+
+        threading.Thread(target=run_hung, daemon=True).start()
+        timeout = timeouts.get(timeout=30.0)  # answered by the watchdog while the call still runs
+        assert isinstance(timeout, InferenceTimeout) and "inference_timeout_s = 0.05 s" in str(timeout)
         with pytest.raises(BackendBusy, match="timed out .* ago"):
-            runner.start(lambda: 8)
+            runner.start(lambda: 8, 30.0, never)
         runner.close_when_idle(lambda: closed.append(True))
         assert closed == [] and runner.busy()  # never closed under the running call
         release.set()
-        assert runner.wait(hung, timeout=30.0) is True  # the call itself finished; its waiter had given up
+        late = outcome.get(timeout=30.0)  # the call itself finished; its waiter had been answered
+        assert isinstance(late, CallAbandoned) and "result is discarded" in str(late)
         assert closed == [True] and runner.late_results_discarded == 1
-        assert runner.wait(runner.start(lambda: 9), timeout=30.0) == 9
+        assert runner.run(runner.start(lambda: 9, 30.0, never)) == 9
+        assert timeouts.empty()  # one timeout, for the hung call only
     finally:
         release.set()
         runner.stop(timeout=30.0)
@@ -94,12 +107,12 @@ def test_backend_runner_hands_back_the_call_s_exception():
     def reject():
         raise InstructionRejected("too long")
 
-    runner = BackendRunner()
+    runner, timeouts = BackendRunner(), []
     try:
         with pytest.raises(InstructionRejected, match="too long"):
-            runner.wait(runner.start(reject), timeout=30.0)
+            runner.run(runner.start(reject, 30.0, timeouts.append))
         closed = []
         runner.close_when_idle(lambda: closed.append(True))
-        assert closed == [True]  # idle: closed at once, in the caller
+        assert closed == [True] and timeouts == []  # idle: closed at once, in the caller
     finally:
         runner.stop(timeout=30.0)

@@ -265,6 +265,7 @@ def test_a_hung_backend_times_out_serves_on_and_discards_the_late_result(faulty)
     assert wait_until(lambda: (faults / "hung").exists(), WAIT_S) and h.core.inference_running()
     busy = h.step()
     assert "still running an earlier inference that timed out" in busy
+    h.core.apply_parameters({"inference_timeout_s": 60.0})  # the next inference may take its time
     h.core.release()  # the policy is closed once the hung call returns, never under it
     assert h.core.configure(h.loader)
     h.core.activate()

@@ -2,9 +2,10 @@
 
 Threads: the caller's (the node's executor) hands in frames, instructions, ~/step requests,
 parameter changes and lifecycle transitions, and never blocks on an inference; the core's
-inference thread picks the next job (`schedule.Schedule`) and waits for it at most
-inference_timeout_s, while the backend runs it on its own thread (nodes/backend_runner.py), so a
-hung backend never stalls the caller. What the core cannot do itself goes back through the three
+inference thread picks the next job (`schedule.Schedule`) and runs it. A watchdog
+(nodes/backend_runner.py) answers a job still running after inference_timeout_s with a timeout
+error and starts another inference thread, which serves on while the hung one waits for the
+backend; so a hung backend never stalls the caller. What the core cannot do itself goes back through the three
 callables it is given: `publish` (an `Outcome`, called with the core's lock held, so nothing is
 published once `deactivate` has returned), `request_deactivation` (after max_consecutive_errors
 backend faults; called on the inference thread, so it must only hand the request over: the core
@@ -33,7 +34,7 @@ import numpy as np
 from openvla_ros.actions import dimension_labels
 from openvla_ros.input_checks import InputRejected, check_instruction_text
 from openvla_ros.model_files import ModelFileError
-from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, InferenceTimeout
+from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, CallAbandoned, InferenceTimeout
 from openvla_ros.nodes.latency_window import LatencyWindow
 from openvla_ros.policy_core.limits import clip, parse_action_limits
 from openvla_ros.policy_core.schedule import Frame, Job, Schedule, StepDone
@@ -153,8 +154,7 @@ class PolicyCore:
         self._consecutive_errors = 0
         self._last_error = self._last_skip = self._last_rejection = ""
         self._backend = BackendRunner()
-        self._worker = threading.Thread(target=self._work, name="policy_inference", daemon=True)
-        self._worker.start()
+        self._worker = self._start_worker()
 
     # ---- lifecycle -------------------------------------------------------------------------
     @property
@@ -244,7 +244,9 @@ class PolicyCore:
             self._stopping = True
             self._schedule.fail_steps("node is shutting down")
             self._cond.notify_all()
-        self._worker.join(timeout=timeout_s)
+        with self._cond:
+            worker = self._worker
+        worker.join(timeout=timeout_s)
         self._backend.stop(timeout=timeout_s)
 
     # ---- parameters ------------------------------------------------------------------------
@@ -356,15 +358,34 @@ class PolicyCore:
             self._last_error = self._last_skip = ""
 
     # ---- inference thread ------------------------------------------------------------------
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._work, name="policy_inference", daemon=True)
+        worker.start()
+        return worker
+
     def _work(self) -> None:
         while True:
             with self._cond:
                 job = self._next_job_locked()
                 if job is None:
                     return
-            failure = self._act_on(job.frame)
+            try:
+                failure = self._act_on(job)
+            except CallAbandoned:
+                return  # it timed out: the watchdog answered its step and started the next thread
             if job.step is not None:
                 job.step(failure)
+
+    def _on_timeout(self, job: Job, timeout: InferenceTimeout) -> None:
+        """On the watchdog thread: the running inference is past inference_timeout_s."""
+        with self._cond:
+            self._counts["inference_timeouts"] += 1
+        failure = self._record_error(str(timeout))
+        if job.step is not None:
+            job.step(failure)
+        with self._cond:
+            if not self._stopping:  # the hung thread stays in the backend until it returns
+                self._worker = self._start_worker()
 
     def _next_job_locked(self) -> Job | None:
         while not self._stopping:
@@ -379,8 +400,10 @@ class PolicyCore:
                 self._worker_waiting = False
         return None
 
-    def _act_on(self, frame: Frame | None) -> str | None:
-        """Infer on `frame` and publish; returns None, or why nothing was published."""
+    def _act_on(self, job: Job) -> str | None:
+        """Infer on the job's frame and publish; returns None, or why nothing was published.
+        CallAbandoned when the inference timed out (then the watchdog has answered the job)."""
+        frame = job.frame
         # The lock covers taking the policy and starting the call, so release cannot close the
         # policy in between; the wait is outside it, so a hung backend never blocks release.
         with self._inference_lock:
@@ -392,17 +415,16 @@ class PolicyCore:
                 return skip
             started_unix_ns, t0 = time.time_ns(), time.perf_counter()
             try:
-                call = self._backend.start(lambda: self._infer(policy, frame, instruction, crop_scale))
+                call = self._backend.start(lambda: self._infer(policy, frame, instruction, crop_scale), timeout,
+                                           on_timeout=lambda exc: self._on_timeout(job, exc))
             except BackendBusy as exc:
                 return self._record_error(str(exc))
         try:
-            inferred = self._backend.wait(call, timeout)
+            inferred = self._backend.run(call)
+        except CallAbandoned:
+            raise
         except InputRejected as exc:  # the input's fault, not the backend's: never counts toward deactivation
             return self._record_rejection(exc, instruction)
-        except InferenceTimeout as exc:
-            with self._cond:
-                self._counts["inference_timeouts"] += 1
-            return self._record_error(str(exc))
         except Exception as exc:  # a backend failure must never take the node down
             return self._record_error(f"{type(exc).__name__}: {exc}")
         t2 = time.perf_counter()

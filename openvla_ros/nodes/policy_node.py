@@ -6,15 +6,16 @@ the backend. `autostart:=true` configures and activates on start.
 
 This module is the ROS wiring; what the node does lives in the ROS-free `policy_core.PolicyCore`
 (scheduling, state, input checks, inference and clipping, counters), message builders in
-`policy_messages.py`. Threads: the core's inference thread picks the next inference and waits for
-it, at most inference_timeout_s; the backend runs it on its own thread (backend_runner.py), so a
-hung backend never stalls the worker or the services. Callbacks run on a single-threaded executor
-and never block: image/instruction callbacks only convert, validate and store the latest frame;
-~/step is a coroutine that awaits the worker's result, so a step in progress never stalls image
-callbacks. (rclpy's MultiThreadedExecutor was measured at ~10 ms p50 from publish to callback for
-224x224 frames here, against ~0.5 ms single-threaded.) A frame arriving while another is pending
-replaces it (latest frame wins, counted as replaced). A deactivation the core asks for (too many
-backend faults) runs on the executor, through a guard condition.
+`policy_messages.py`. Threads: the core's inference thread picks the next inference and runs it;
+a watchdog (backend_runner.py) answers one running past inference_timeout_s and lets a new
+inference thread serve on, so a hung backend never stalls the node or its services. Callbacks
+run on a single-threaded executor and never block: image/instruction callbacks only convert,
+validate and store the latest frame; ~/step is a coroutine that awaits the worker's result, so a
+step in progress never stalls image callbacks. (rclpy's MultiThreadedExecutor was measured at
+~10 ms p50 from publish to callback for 224x224 frames here, against ~0.5 ms single-threaded.) A
+frame arriving while another is pending replaces it (latest frame wins, counted as replaced). A
+deactivation the core asks for (too many backend faults) runs on the executor, through a guard
+condition.
 
 Topics (relative, remappable):
   image               sensor_msgs/Image in (rgb8 bgr8 rgba8 bgra8 mono8; sensor-data QoS, depth 1;

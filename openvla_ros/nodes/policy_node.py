@@ -40,14 +40,8 @@ Topics (relative, remappable):
 Services: ~/enable (SetBool), ~/reset (Trigger: forget the pending frame and the error state),
   ~/step (Trigger, trigger mode: infer on the latest frame; answers after the action is published,
   or success=false with the reason).
-Input apart from faults (see the README's behaviour section): an instruction is checked on receipt
-against the loaded model (text, length, control characters, the export's prompt token budget), and
-a frame's stamp against the node clock (zero, or ahead by more than max_future_stamp_s); what fails
-is rejected, counted and logged, and never counts toward max_consecutive_errors. A rejected
-instruction unsets the current one: the node stops acting rather than carry on with an old task.
-Only backend faults count: an exception from the backend, an inference running past
-inference_timeout_s (backend_runner.py: the node keeps serving, the late result is discarded),
-a non-finite action.
+Input apart from faults (rejected, counted, never toward max_consecutive_errors) and backend
+faults: see policy_core/core.py and the README's behaviour section.
 """
 from __future__ import annotations
 

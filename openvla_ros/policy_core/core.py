@@ -14,7 +14,8 @@ acts no more until `deactivate`) and `log`.
 Input apart from faults: a frame's stamp is checked on receipt against `clock_ns` (zero, or
 ahead by more than max_future_stamp_s) and its age at inference start (max_image_age_s); an
 instruction on receipt (text, length, the loaded model's prompt budget). What fails is rejected,
-counted and logged, and never counts toward max_consecutive_errors. Only backend faults count: an
+counted and logged, and never counts toward max_consecutive_errors; a rejected instruction unsets
+the current one (it stops acting rather than carry on with an old task). Only backend faults count: an
 exception from the backend, an inference past inference_timeout_s, a non-finite action.
 
 A chunk policy (OpenVLA-OFT) plugs in through `infer` (what runs on the backend thread) and a

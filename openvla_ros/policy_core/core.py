@@ -18,7 +18,7 @@ counted and logged, and never counts toward max_consecutive_errors; a rejected i
 the current one (it stops acting rather than carry on with an old task). Only backend faults count: an
 exception from the backend, an inference past inference_timeout_s, a non-finite action.
 
-A chunk policy (OpenVLA-OFT) plugs in through `infer` (what runs on the backend thread) and a
+A chunk policy (OpenVLA-OFT) plugs in through `infer` (what runs for each job, under the watchdog) and a
 `Frame` carrying its extra inputs.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ Infer = Callable[[Policy, Frame, str, float], Inferred]
 
 
 def infer_action(policy: Policy, frame: Frame, instruction: str, crop_scale: float) -> Inferred:
-    """One action from one image: crop, predict (runs on the backend thread)."""
+    """One action from one image: crop, predict."""
     t0 = time.perf_counter()
     cropped = center_crop(frame.image, crop_scale) if crop_scale != 1.0 else frame.image
     t1 = time.perf_counter()

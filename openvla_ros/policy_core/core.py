@@ -63,7 +63,7 @@ class Log(Protocol):
 
 @dataclass(frozen=True)
 class Inferred:
-    """What `infer` returns from the backend thread."""
+    """What `infer` returns for one job."""
 
     action: np.ndarray  # float64, unnormalized, before action_limits
     stages_ms: dict[str, float]  # the backend's own stage timings
@@ -240,7 +240,7 @@ class PolicyCore:
         return self._backend.busy()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """End the inference thread (waiting ~/step requests fail) and the backend thread."""
+        """End the inference thread (waiting ~/step requests fail) and the watchdog."""
         with self._cond:
             self._stopping = True
             self._schedule.fail_steps("node is shutting down")

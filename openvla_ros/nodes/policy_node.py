@@ -220,6 +220,8 @@ class PolicyNode(LifecycleNode):
     # ---- outputs ---------------------------------------------------------------------------
     def _publish(self, outcome: Outcome) -> None:
         """Called by the core on its inference thread, with its lock held."""
+        if not self.context.ok():  # a SIGINT or SIGTERM shut the context down during the inference
+            return
         header = Header(stamp=stamp_msg(outcome.frame.stamp_ns), frame_id=self._core.parameter("action_frame_id"))
         action = outcome.action.tolist()
         self._action_pub.publish(action_msg(header, outcome.labels, action, 1.0 / self._core.parameter("max_rate_hz")))

@@ -434,6 +434,8 @@ class PolicyCore:
             return self._record_error(f"backend returned a non-finite or mis-shaped action {action.tolist()}")
         clipped = clip(action, limits)
         with self._cond:
+            if self._stopping:
+                return "node is shutting down"
             if not self._acting_locked() or not self._cfg["enabled"]:
                 return "node was deactivated or disabled during the inference"
             self._publish(Outcome(frame, clipped, labels, inferred, started_unix_ns))

@@ -406,7 +406,7 @@ class PolicyCore:
         CallAbandoned when the inference timed out (then the watchdog has answered the job)."""
         frame = job.frame
         # The lock covers taking the policy and starting the call, so release cannot close the
-        # policy in between; the wait is outside it, so a hung backend never blocks release.
+        # policy in between; the call runs outside it, so a hung backend never blocks release.
         with self._inference_lock:
             with self._cond:
                 skip = self._skip_reason_locked(frame)

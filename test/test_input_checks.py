@@ -116,3 +116,16 @@ def test_backend_runner_hands_back_the_call_s_exception():
         assert closed == [True] and timeouts == []  # idle: closed at once, in the caller
     finally:
         runner.stop(timeout=30.0)
+
+
+def test_backend_runner_stop_waits_for_the_running_call():
+    """A process must not exit with a thread inside the backend: stop returns once the call has."""
+    runner, release, stopped = BackendRunner(), threading.Event(), threading.Event()
+    call = runner.start(release.wait, 30.0, lambda timeout: None)
+    threading.Thread(target=runner.run, args=(call,), daemon=True).start()
+    threading.Thread(target=lambda: (runner.stop(timeout=60.0), stopped.set()), daemon=True).start()
+    try:
+        assert not stopped.wait(0.5) and runner.busy()  # still inside the call
+    finally:
+        release.set()
+    assert stopped.wait(60.0) and not runner.busy()

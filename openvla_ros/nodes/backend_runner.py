@@ -43,7 +43,9 @@ class BackendCall:
 
 class BackendRunner:
     def __init__(self, name: str = "policy_backend_watchdog") -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the watchdog waits on it
+        self._idle = threading.Condition(lock)  # `stop` waits on it for the running call to return
         self._running: BackendCall | None = None
         self._deferred: list[Callable[[], None]] = []
         self._stopping = False
@@ -92,6 +94,7 @@ class BackendRunner:
             self._running = None
             abandoned = call.abandoned_at is not None
             self.late_results_discarded += abandoned
+            self._idle.notify_all()  # only `stop` ever waits here: no wake-up per call otherwise
         return abandoned
 
     def close_when_idle(self, close: Callable[[], None]) -> None:
@@ -108,11 +111,14 @@ class BackendRunner:
             return self._running is not None
 
     def stop(self, timeout: float) -> None:
-        """End the watchdog (a running call is left to its thread)."""
+        """End the watchdog and wait at most `timeout` s for a running call (a hung one included) to
+        return: a process must not exit while its thread is inside the backend."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._watchdog.join(timeout)
+            self._idle.wait_for(lambda: self._running is None, timeout)
+        self._watchdog.join(max(0.0, deadline - time.monotonic()))
 
     def _watch(self) -> None:
         while True:

@@ -181,8 +181,8 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from openvla_ros.nodes.policy_node import SENSOR_DATA
-    from openvla_ros.nodes.probe import LATCHED, Probe
+    from openvla_ros.nodes.probe import Probe
+    from openvla_ros.qos import LATCHED, SENSOR_DATA
 
     watcher = ActionWatcher()
     with Probe("bench_node_probe", namespace=namespace) as probe:

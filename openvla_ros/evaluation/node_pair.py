@@ -22,20 +22,16 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from openvla_ros.model_check import check_model_dir
 from openvla_ros.node_process import NodeProcess, stop_processes
+from openvla_ros.qos import LATCHED, LATCHED_LOG
 
 BRIDGE = "libero_bridge"
 POLICY = "policy_node"
 MAX_DOMAIN_ID = 232  # the largest domain id Fast DDS maps to valid ports
-# Reliable + transient local like the bridge's status publisher; a deep reader queue so no
-# per-step status (and its latency value) is dropped while this process is busy.
-STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LOG_TAIL_CHARS = 3000
 
 
@@ -176,7 +172,7 @@ class NodePair:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.config.domain_id)
         self.node = rclpy.create_node(f"eval_driver_{self.config.domain_id}", context=self.context)
-        self.node.create_subscription(DiagnosticStatus, "episode_status", self._log.add, STATUS_QOS)
+        self.node.create_subscription(DiagnosticStatus, "episode_status", self._log.add, LATCHED_LOG)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         if self.config.instruction_topic:
             self._instruction_pub = self.node.create_publisher(String, self.config.instruction_topic, LATCHED)

@@ -62,7 +62,6 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.task import Future
 from rclpy.time import Time
@@ -82,12 +81,10 @@ from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.nodes.timing import timing_message
 from openvla_ros.policy import Policy, Prediction, load_policy
 from openvla_ros.processing import center_crop
+from openvla_ros.qos import LATCHED, SENSOR_DATA
+from openvla_ros.qos import RELIABLE as OUTPUTS
 from openvla_ros.stamps import stamp_problem
 
-SENSOR_DATA = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
-                         durability=DurabilityPolicy.VOLATILE)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-OUTPUTS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 WARN_PERIOD_S = 5.0
 
 

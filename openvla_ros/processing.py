@@ -23,6 +23,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+# A LIBERO task's language: what bench, bench-node and verify ask for when given no instruction.
+DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 # SentencePiece's word-start marker; official predict_action ends every prompt with this token.
 SPACE_TOKEN = "\u2581"
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
+from openvla_ros.processing import DEFAULT_INSTRUCTION
+
 REPLY = "BENCH "  # prefix of the worker's protocol lines on stdout (anything else is ignored)
 OFT_PREFIX = "oft/"  # worker labels of the OpenVLA-OFT model
 

@@ -31,9 +31,9 @@ import numpy as np
 
 from openvla_ros.commands.predict import MODEL_DIR_OPTIONS, _backend_and_dir
 from openvla_ros.policy import BACKENDS
+from openvla_ros.processing import DEFAULT_INSTRUCTION
 
 DEFAULT_SIZES = ("224x224", "640x480")
-DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 ACTION_TIMEOUT_S = 60.0  # a timed frame whose action takes longer is counted as lost
 FIRST_ACTION_TIMEOUT_S = 300.0
 FLOOR_NAMESPACE = "bench_floor"  # keeps the floor node's all-zero actions off any robot's `action` topic

@@ -22,6 +22,7 @@ from rclpy.time import Time  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+from openvla_ros.diagnostic_values import decode  # noqa: E402
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
 from openvla_ros.actions import POSE_LABELS  # noqa: E402
 
@@ -114,7 +115,7 @@ class BridgeProbe(Probe):
         statuses = self.all("episode_status")
         if not statuses:
             return {}
-        return {kv.key: kv.value for kv in statuses[-1].values} | {"message": statuses[-1].message}
+        return decode(statuses[-1]) | {"message": statuses[-1].message}
 
     def reset(self) -> Trigger.Response:
         self.clear()

@@ -96,7 +96,9 @@ class ActionWatcher:
             self._cond.notify_all()
 
     def on_timing(self, received_at: float, msg) -> None:
-        values = {kv.key: float(kv.value) for kv in msg.status[0].values}
+        from openvla_ros.nodes.timing import timing_values
+
+        values = timing_values(msg)
         with self._cond:
             self.timing[self.key(msg.header.stamp)] = values
             self._cond.notify_all()
@@ -116,14 +118,14 @@ def _frame(probe, data: bytes, width: int, height: int):
 
 def _check_node(probe, node) -> None:
     """RuntimeError with the node's own reason if it exited or reports an error (a failed configure)."""
-    from diagnostic_msgs.msg import DiagnosticStatus
+    from openvla_ros.nodes.policy_diagnostics import policy_report
 
     if not node.running():
         raise RuntimeError(f"{node.name} exited with code {node.proc.returncode}; log:\n{node.log_text()[-2000:]}")
     for msg in probe.messages("/diagnostics"):
-        for status in msg.status:
-            if status.level == DiagnosticStatus.ERROR and status.name.endswith(f"/{node.name}"):
-                raise RuntimeError(f"{node.name} reported: {status.message}")
+        report = policy_report(msg, f"/{node.name}")
+        if report is not None and report.error:
+            raise RuntimeError(f"{node.name} reported: {report.message}")
 
 
 def _wait_first_action(probe, publisher, watcher: ActionWatcher, node) -> None:

@@ -25,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from openvla_ros.evaluation.node_pair import NodePair
 from openvla_ros.node_process import wait_until
+from openvla_ros.sim.episode import EpisodeStatus
 
 DEMO_INSTRUCTION_TOPIC = "demo/instruction"
 RECORD_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -162,9 +163,9 @@ def run_schedule(pair: NodePair, recorder: Recorder, schedule: Sequence[Segment]
             recorder.switches.append((time.time_ns(), text))
         pair.publish_instruction(text)
 
-    def on_status(values: dict[str, str]) -> None:
+    def on_status(status: EpisodeStatus) -> None:
         # `>=`, not `==`: a status seen late must still switch (and never twice for one boundary).
-        step = int(values["step"])
+        step = status.step
         while len(recorder.switches) < len(schedule) and step >= boundaries[len(recorder.switches) - 1]:
             switch(schedule[len(recorder.switches)].instruction)
 

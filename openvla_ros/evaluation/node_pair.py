@@ -25,9 +25,12 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from openvla_ros.diagnostic_values import decode
 from openvla_ros.model_check import check_model_dir
 from openvla_ros.node_process import NodeProcess, stop_processes
+from openvla_ros.nodes.policy_diagnostics import PolicyReport, policy_report
 from openvla_ros.qos import LATCHED, LATCHED_LOG
+from openvla_ros.sim.episode import EpisodeStatus
 
 BRIDGE = "libero_bridge"
 POLICY = "policy_node"
@@ -73,7 +76,7 @@ class PairConfig:
 class EpisodeRecord:
     """What the bridge reported about one finished episode, seen from this process."""
 
-    values: dict[str, str]  # the final episode_status values
+    status: EpisodeStatus  # the final episode_status
     message: str  # "success" | "max_steps"
     latencies_ms: list[float]  # per step, frame published -> its action received (bridge's clock)
     wall_s: float
@@ -81,11 +84,20 @@ class EpisodeRecord:
 
     @property
     def success(self) -> bool:
-        return self.values.get("success") == "true"
+        return self.status.success
 
     @property
     def steps(self) -> int:
-        return int(self.values["step"])
+        return self.status.step
+
+
+@dataclass(frozen=True)
+class _Reported:
+    """One episode_status message: its level and message, and its values decoded."""
+
+    error: bool
+    message: str
+    status: EpisodeStatus
 
 
 class _EpisodeLog:
@@ -93,27 +105,23 @@ class _EpisodeLog:
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
-        self.latest: dict[int, DiagnosticStatus] = {}
+        self.latest: dict[int, _Reported] = {}
         self.latencies: dict[int, dict[int, float]] = {}
 
     def add(self, msg: DiagnosticStatus) -> None:
-        values = {kv.key: kv.value for kv in msg.values}
+        values = decode(msg)
         if "episode" not in values:
             return
-        episode, step = int(values["episode"]), int(values.get("step", "0"))
+        status = EpisodeStatus.from_values(values)
         with self.lock:
-            self.latest[episode] = msg
-            if values.get("action_latency_ms"):
-                self.latencies.setdefault(episode, {})[step] = float(values["action_latency_ms"])
+            self.latest[status.episode] = _Reported(msg.level == DiagnosticStatus.ERROR, msg.message, status)
+            if status.action_latency_ms is not None:
+                self.latencies.setdefault(status.episode, {})[status.step] = status.action_latency_ms
             self.lock.notify_all()
 
     def last_episode(self) -> int:
         with self.lock:
             return max(self.latest, default=0)
-
-
-def status_values(msg: DiagnosticStatus) -> dict[str, str]:
-    return {kv.key: kv.value for kv in msg.values}
 
 
 class NodePair:
@@ -153,7 +161,7 @@ class NodePair:
         self._spin_thread: threading.Thread | None = None
         self._log = _EpisodeLog()
         self._instruction_pub = None
-        self._policy_report: DiagnosticStatus | None = None  # the policy node's latest /diagnostics status
+        self._policy_report: PolicyReport | None = None  # the policy node's latest /diagnostics status
 
     # ----- lifecycle -----
     def start(self) -> "NodePair":
@@ -188,9 +196,9 @@ class NodePair:
         self._wait_ready()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == f"/{POLICY}":
-                self._policy_report = status
+        report = policy_report(msg, f"/{POLICY}")
+        if report is not None:
+            self._policy_report = report
 
     def _wait_ready(self) -> None:
         """Until the bridge's services are up and the policy node is active (model loaded), so
@@ -201,7 +209,7 @@ class NodePair:
         def overdue(what: str) -> None:
             self._check_alive()
             report = self._policy_report
-            if report is not None and report.level == DiagnosticStatus.ERROR:
+            if report is not None and report.error:
                 raise RuntimeError(f"{POLICY} (domain {self.config.domain_id}) reported: {report.message}\n"
                                    f"{self.log_tails()}")
             if time.monotonic() > deadline:
@@ -249,11 +257,11 @@ class NodePair:
         self._instruction_pub.publish(String(data=text))
 
     def run_episode(self, task_suite: str, task_id: int, init_state_id: int, max_steps: int = 0,
-                    on_status: Callable[[dict[str, str]], None] | None = None,
+                    on_status: Callable[[EpisodeStatus], None] | None = None,
                     timeout_s: float | None = None) -> EpisodeRecord:
         """Reset the bridge into (task_suite, task_id, init_state_id) and wait until the episode ends.
 
-        `on_status` sees every status of the episode (values dict), in this thread.
+        `on_status` sees every status of the episode, in this thread.
         `max_steps` 0 = the suite's OpenVLA default. RuntimeError if a node dies or it times out.
         """
         started = time.monotonic()
@@ -272,17 +280,16 @@ class NodePair:
             with self._log.lock:
                 self._log.lock.wait_for(lambda: self._newer_status(previous, seen_step), timeout=1.0)
                 episode = max(self._log.latest, default=0)
-                msg = self._log.latest.get(episode) if episode > previous else None
-            if msg is not None:
-                values = status_values(msg)
-                if int(values["step"]) != seen_step:
-                    seen_step = int(values["step"])
+                reported = self._log.latest.get(episode) if episode > previous else None
+            if reported is not None:
+                if reported.status.step != seen_step:
+                    seen_step = reported.status.step
                     if on_status:
-                        on_status(values)
-                if msg.level == DiagnosticStatus.ERROR:
-                    raise RuntimeError(f"bridge error in episode {episode}: {msg.message}\n{self.log_tails()}")
-                if values.get("done") == "true":
-                    return self._record(episode, msg, time.monotonic() - started)
+                        on_status(reported.status)
+                if reported.error:
+                    raise RuntimeError(f"bridge error in episode {episode}: {reported.message}\n{self.log_tails()}")
+                if reported.status.done:
+                    return self._record(episode, reported, time.monotonic() - started)
             self._check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"episode in {task_suite}/{task_id} init {init_state_id} did not finish within "
@@ -292,20 +299,20 @@ class NodePair:
         episode = max(self._log.latest, default=0)
         if episode <= previous:
             return False
-        values = status_values(self._log.latest[episode])
-        return int(values["step"]) != seen_step or values.get("done") == "true"
+        status = self._log.latest[episode].status
+        return status.step != seen_step or status.done
 
-    def _record(self, episode: int, msg: DiagnosticStatus, wall_s: float) -> EpisodeRecord:
-        values = status_values(msg)
+    def _record(self, episode: int, reported: _Reported, wall_s: float) -> EpisodeRecord:
+        status = reported.status
         with self._log.lock:
             by_step = dict(self._log.latencies.get(episode, {}))
         video = None
         if self.config.record_video:
             from openvla_ros.sim.video import episode_video_path
 
-            video = episode_video_path(self.config.video_dir, values["task_suite"], int(values["task_id"]),
-                                       int(values["init_state_id"]), episode)
-        return EpisodeRecord(values, msg.message, [by_step[s] for s in sorted(by_step)], wall_s, video)
+            video = episode_video_path(self.config.video_dir, status.task_suite, status.task_id, status.init_state_id,
+                                       episode)
+        return EpisodeRecord(status, reported.message, [by_step[s] for s in sorted(by_step)], wall_s, video)
 
     # ----- plumbing -----
     def _parameters_request(self, **values) -> SetParameters.Request:

@@ -235,9 +235,9 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                     rss = node_rss_mb(pair)
                     result = EpisodeResult(
                         task_suite=config.suite, task_id=job.task_id, init_state_id=job.init_state_id,
-                        instruction=record.values["instruction"], success=record.success, steps=record.steps,
-                        max_steps=int(record.values["max_steps"]),
-                        actions_rejected=int(record.values["actions_rejected"]), wall_s=record.wall_s,
+                        instruction=record.status.instruction, success=record.success, steps=record.steps,
+                        max_steps=record.status.max_steps,
+                        actions_rejected=record.status.actions_rejected, wall_s=record.wall_s,
                         latency_ms=record.latencies_ms,
                         video=str(record.video.relative_to(out.resolve())) if record.video else None,
                         worker=index, domain_id=pair_config.domain_id, **rss)

@@ -65,7 +65,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -77,6 +77,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from openvla_ros.diagnostic_values import encode
 from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.qos import FRAMES, LATCHED
 from openvla_ros.qos import RELIABLE as ACTIONS
@@ -128,7 +129,7 @@ def status_msg(episode: Episode, error: str | None = None) -> DiagnosticStatus:
         name="libero_episode",
         message=error or episode.outcome,
         hardware_id=f"{episode.task_suite}/{episode.task_id}",
-        values=[KeyValue(key=k, value=v) for k, v in episode.values().items()],
+        values=encode(episode.values()),
     )
 
 

@@ -13,7 +13,7 @@ Then, unless --no-floor, the same harness measures the transport floor
 at once from its callback. Its end-to-end time is what rclpy + DDS + conversion cost on this
 machine with no inference thread and no model; the policy node's overhead is read against it.
 
-All processes use the large-frames Fast DDS profile (openvla_ros.nodes.dds_profile) unless
+All processes use the large-frames Fast DDS profile (openvla_ros.dds_profile) unless
 FASTDDS_DEFAULT_PROFILES_FILE is already set.
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from openvla_ros.nodes.probe import Probe
+    from openvla_ros.probe import Probe
     from openvla_ros.qos import LATCHED, SENSOR_DATA
 
     watcher = ActionWatcher()
@@ -211,7 +211,7 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
 def run(args: argparse.Namespace) -> int:
     from openvla_ros.model_check import check_model_dir
     from openvla_ros.node_process import NodeProcess
-    from openvla_ros.nodes.dds_profile import large_frames_env
+    from openvla_ros.dds_profile import large_frames_env
 
     backend, model_dir = _backend_and_dir(args)
     check_model_dir(backend, model_dir, args.unnorm_key)

@@ -38,10 +38,12 @@ def test_episode_status_decodes_what_the_bridge_encodes():
     assert done.action_latency_ms == pytest.approx(30.0) and done.action_latency_ms_mean == pytest.approx(20.0)
 
 
-@pytest.mark.parametrize("change, problem", [({"step": None}, "no 'step' value"),
-                                             ({"task_id": "two"}, "task_id='two': expected int"),
-                                             ({"done": "yes"}, "done='yes': expected true or false"),
-                                             ({"action_latency_ms": "fast"}, "action_latency_ms='fast': expected float")])
+@pytest.mark.parametrize("change, problem", [
+    ({"step": None}, "no 'step' value"),
+    ({"task_id": "two"}, "task_id='two': expected int"),
+    ({"done": "yes"}, "done='yes': expected true or false"),
+    ({"action_latency_ms": "fast"}, "action_latency_ms='fast': expected float"),
+])
 def test_a_malformed_episode_status_names_the_key(change, problem):
     values = Episode(1, "libero_object", 0, 0, 10, "x").values()
     for key, value in change.items():

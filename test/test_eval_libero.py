@@ -131,8 +131,8 @@ def test_official_finetune_off_protocol_is_refused_unless_allowed(tiny_onnx_expo
 
 
 def test_resume_skips_recorded_episodes_and_refuses_other_settings(tiny_onnx_export, tmp_path):
-    config = _official_config(tiny_onnx_export, tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True, resume=True,
-                              record_video=False)
+    config = _official_config(tiny_onnx_export, tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True,
+                              resume=True, record_video=False)
     episodes = [EpisodeResult("libero_object", 0, i, "pick up", i == 1, 10, 280, 0, 1.0, [5.0], None, 0, 1)
                 for i in range(2)]
     assert recorded_episodes(config) == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -87,7 +87,8 @@ class Recorder:
         positions = dict(zip(msg.name, msg.position))
         if all(name in positions for name in FINGER_JOINTS):
             with self.lock:
-                self.fingers[Time.from_msg(msg.header.stamp).nanoseconds] = positions[FINGER_JOINTS[0]] - positions[FINGER_JOINTS[1]]
+                opening = positions[FINGER_JOINTS[0]] - positions[FINGER_JOINTS[1]]
+                self.fingers[Time.from_msg(msg.header.stamp).nanoseconds] = opening
 
     def _on_action(self, msg: JointTrajectory) -> None:
         if len(msg.points) == 1:

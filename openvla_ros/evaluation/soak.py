@@ -8,8 +8,8 @@ outcome and both RSS values; each episode starts as soon as the previous one is 
 `~/reset`), from the task's initial states in turn.
 
 Acceptance (README, issue 13 / 17): RSS of each process grows by at most `max_growth` from the
-end of the warm-up episodes to the end (the mean of the last three episodes), zero node errors, no episode lost (every reset made one
-finished episode, numbered without gaps).
+end of the warm-up episodes to the end (the mean of the last three episodes), zero node errors, no
+episode lost (every reset made one finished episode, numbered without gaps).
 """
 from __future__ import annotations
 
@@ -179,7 +179,8 @@ def summarize(config: SoakConfig, samples: list[dict], episodes: list[dict], fai
         values = [ep[key] for ep in episodes if ep[key] is not None]
         ratio = growth_after(values, config.warmup_episodes)
         growth[key.replace("_rss_mb", "")] = {
-            "rss_mb_after_warmup": values[config.warmup_episodes - 1] if len(values) >= config.warmup_episodes else None,
+            "rss_mb_after_warmup": (values[config.warmup_episodes - 1] if len(values) >= config.warmup_episodes
+                                    else None),
             "rss_mb_max_after_warmup": max(values[config.warmup_episodes:]) if ratio is not None else None,
             "growth": round(ratio, 4) if ratio is not None else None}
     growth_ok = all(g["growth"] is not None and g["growth"] <= config.max_growth for g in growth.values())

@@ -3,7 +3,8 @@
 Once a second the node publishes one DiagnosticStatus named by its fully qualified name: level
 and message (ERROR with the last fault, WARN with why it is not acting, OK "acting"), and string
 values: configuration (backend, model, state, mode, ...), latency percentiles in ms ("" before the
-first inference), counters (frames_received, actions_published, errors, ...) and the last error / skip reason / rejection.
+first inference), counters (frames_received, actions_published, errors, ...) and the last error,
+skip reason and rejection.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class EpisodeStatus:
     done: bool
     instruction: str
     actions_rejected: int
-    action_latency_ms: float | None  # None until a lockstep step was taken
+    action_latency_ms: float | None  # None for a step without a latency of its own
     action_latency_ms_mean: float | None
 
     @classmethod

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -29,7 +30,9 @@ from openvla_ros.diagnostic_values import decode
 from openvla_ros.model_check import check_model_dir
 from openvla_ros.node_process import NodeProcess, stop_processes
 from openvla_ros.nodes.policy_diagnostics import PolicyReport, policy_report
+from openvla_ros.nodes.policy_params import checked_overrides
 from openvla_ros.qos import LATCHED, LATCHED_LOG
+from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import EpisodeStatus
 
 BRIDGE = "libero_bridge"
@@ -45,11 +48,11 @@ class PairConfig:
     domain_id: int
     log_dir: Path
     unnorm_key: str = ""
-    camera_size: int = 256
-    center_crop_scale: float = 1.0
-    image_preprocess: str = "none"  # the bridge's: "openvla" publishes OpenVLA's 224 x 224 policy image
-    num_steps_wait: int = 10
-    reset_rng: str = "reseed"  # the bridge's: "openvla" places fixtures as OpenVLA's evaluation does
+    # Parameters for the nodes beyond what the pair sets itself, name -> value; a node's own default
+    # holds for every name not given. Checked against the policy node's declarations
+    # (nodes/policy_params.py) and the bridge's (sim/bridge_config.py).
+    policy_overrides: Mapping[str, Any] = field(default_factory=dict)
+    bridge_overrides: Mapping[str, Any] = field(default_factory=dict)
     record_video: bool = False
     video_dir: Path | None = None
     # Remap the policy's `instruction` input to this topic (the demo switches instructions there
@@ -57,19 +60,51 @@ class PairConfig:
     instruction_topic: str | None = None
     startup_timeout_s: float = 180.0
     # "lockstep" (evaluation: the bridge calls the policy's ~/step per frame) or "realtime" (the
-    # soak: the bridge steps at control_rate_hz, the policy infers on every new frame).
+    # soak: the bridge steps at its control_rate_hz, the policy infers on every new frame).
     bridge_mode: str = "lockstep"
-    control_rate_hz: float = 20.0
 
-    def validate(self) -> "PairConfig":
+    def validate(self) -> PairConfig:
         if not 0 <= self.domain_id <= MAX_DOMAIN_ID:
             raise ValueError(f"ROS domain id {self.domain_id} out of range: expected 0..{MAX_DOMAIN_ID}")
         if self.record_video and self.video_dir is None:
             raise ValueError("record_video needs a video_dir")
         if self.bridge_mode not in ("lockstep", "realtime"):
             raise ValueError(f"bridge_mode must be lockstep or realtime, got {self.bridge_mode!r}")
+        self.policy_parameters()
+        self.bridge_parameters()
         check_model_dir(self.backend, self.model_dir, self.unnorm_key)
         return self
+
+    def policy_parameters(self) -> dict[str, Any]:
+        """The policy node's parameters: the checked overrides and the pair's own settings."""
+        lockstep = self.bridge_mode == "lockstep"
+        own = {
+            "backend": self.backend, "model_dir": str(self.model_dir), "unnorm_key": self.unnorm_key,
+            "mode": "trigger" if lockstep else "continuous", "autostart": True,
+            # Lockstep waits for the action, so a frame is never stale in the control sense; a loaded
+            # machine must not make the policy refuse it.
+            "max_image_age_s": 30.0,
+            # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
+            "qos_overrides./image.subscription.reliability": "reliable",
+        }
+        _refuse_own("policy", self.policy_overrides, own)
+        return {**checked_overrides(self.policy_overrides), **own}
+
+    def bridge_parameters(self) -> dict[str, Any]:
+        """The bridge's parameters: the checked overrides and the pair's own settings."""
+        own = {"mode": self.bridge_mode, "call_policy_step": self.bridge_mode == "lockstep",
+               "start_on_launch": False, "gripper_postprocess": "openvla", "record_video": self.record_video,
+               **({"video_dir": str(self.video_dir)} if self.video_dir else {})}
+        _refuse_own("bridge", self.bridge_overrides, own)
+        parameters = {**self.bridge_overrides, **own}
+        checked = BridgeConfig.from_values(parameters).validate()  # integers for floats become floats
+        return {name: getattr(checked, name) for name in parameters}
+
+
+def _refuse_own(node: str, overrides: Mapping[str, Any], own: Mapping[str, Any]) -> None:
+    taken = sorted(set(overrides) & set(own))
+    if taken:
+        raise ValueError(f"{node} parameters {taken} are set by the node pair itself; override others only")
 
 
 @dataclass
@@ -131,29 +166,10 @@ class NodePair:
         self.config = config.validate()
         env = {"ROS_DOMAIN_ID": str(config.domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         log_dir = Path(config.log_dir)
-        lockstep = config.bridge_mode == "lockstep"
-        bridge_params = {
-            "mode": config.bridge_mode, "call_policy_step": lockstep, "start_on_launch": False,
-            "control_rate_hz": config.control_rate_hz,
-            "camera_size": config.camera_size, "gripper_postprocess": "openvla",
-            "image_preprocess": config.image_preprocess, "num_steps_wait": config.num_steps_wait,
-            "reset_rng": config.reset_rng,
-            "record_video": config.record_video, "video_dir": str(config.video_dir or "libero_videos"),
-        }
-        policy_params = {
-            "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
-            "mode": "trigger" if lockstep else "continuous", "autostart": True,
-            "center_crop_scale": config.center_crop_scale,
-            # Lockstep waits for the action, so a frame is never stale in the control sense; a loaded
-            # machine must not make the policy refuse it.
-            "max_image_age_s": 30.0,
-            # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
-            "qos_overrides./image.subscription.reliability": "reliable",
-        }
         remaps = {"instruction": config.instruction_topic} if config.instruction_topic else None
-        self.bridge = NodeProcess(BRIDGE, name=BRIDGE, params=bridge_params, env=env,
+        self.bridge = NodeProcess(BRIDGE, name=BRIDGE, params=config.bridge_parameters(), env=env,
                                   log_path=log_dir / f"{BRIDGE}_domain{config.domain_id}.log")
-        self.policy = NodeProcess(POLICY, name=POLICY, params=policy_params, remaps=remaps, env=env,
+        self.policy = NodeProcess(POLICY, name=POLICY, params=config.policy_parameters(), remaps=remaps, env=env,
                                   log_path=log_dir / f"{POLICY}_domain{config.domain_id}.log")
         self.context: Context | None = None
         self.node = None

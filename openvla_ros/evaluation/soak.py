@@ -110,8 +110,8 @@ def run_soak(config: SoakConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pair_config = PairConfig(
         backend=config.backend, model_dir=Path(config.model_dir).resolve(), domain_id=config.domain_id,
-        log_dir=out / "logs", unnorm_key=config.unnorm_key, camera_size=config.camera_size,
-        bridge_mode=config.mode, control_rate_hz=config.control_rate_hz)
+        log_dir=out / "logs", unnorm_key=config.unnorm_key, bridge_mode=config.mode,
+        bridge_overrides={"camera_size": config.camera_size, "control_rate_hz": config.control_rate_hz})
     diagnostics = _PolicyDiagnostics()
     samples: list[dict] = []
     episodes: list[dict] = []

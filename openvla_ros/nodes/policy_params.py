@@ -149,3 +149,26 @@ def _check_range(spec: ParamSpec, value: Any) -> None:
     bounds = spec.float_range or spec.int_range
     if bounds and not bounds[0] <= value <= bounds[1]:
         raise ValueError(f"expected a value in [{bounds[0]}, {bounds[1]}]")
+
+
+def checked_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Typed parameter overrides (e.g. an evaluation's), checked like launch arguments: ValueError
+    naming the parameter for an undeclared name, a value of another type, or one out of range.
+    Integers given for float parameters become floats (a node refuses an int for a double)."""
+    checked = {}
+    for name, value in values.items():
+        if name not in PARAMS:
+            raise ValueError(f"policy parameter {name!r} is not declared; expected one of {sorted(PARAMS)}")
+        spec = PARAMS[name]
+        kind = type(spec.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ValueError(f"policy parameter {name}={value!r}: expected a {kind.__name__}")
+        try:
+            _check_range(spec, value)
+            check_value(name, value)
+        except ValueError as exc:
+            raise ValueError(f"policy parameter {name}={value!r}: {exc}") from None
+        checked[name] = value
+    return checked

@@ -124,8 +124,7 @@ def launch_overrides(arguments: dict[str, str]) -> dict[str, Any]:
         spec = PARAMS[name]
         try:
             value = _parse_text(text, type(spec.default))
-            _check_range(spec, value)
-            check_value(name, value)
+            _check_typed(name, value)
         except ValueError as exc:
             raise ValueError(f"launch argument {name}:={text}: {exc}") from None
         overrides[name] = value
@@ -143,6 +142,12 @@ def _parse_text(text: str, kind: type) -> Any:
         return kind(text)
     except ValueError:
         raise ValueError("expected an integer" if kind is int else "expected a number") from None
+
+
+def _check_typed(name: str, value: Any) -> None:
+    """A value of the declared type: its range, and what the descriptors cannot express."""
+    _check_range(PARAMS[name], value)
+    check_value(name, value)
 
 
 def _check_range(spec: ParamSpec, value: Any) -> None:
@@ -166,8 +171,7 @@ def checked_overrides(values: dict[str, Any]) -> dict[str, Any]:
         if type(value) is not kind:
             raise ValueError(f"policy parameter {name}={value!r}: expected a {kind.__name__}")
         try:
-            _check_range(spec, value)
-            check_value(name, value)
+            _check_typed(name, value)
         except ValueError as exc:
             raise ValueError(f"policy parameter {name}={value!r}: {exc}") from None
         checked[name] = value

@@ -20,7 +20,7 @@ setup(
     # the ML and simulator dependencies are pinned in requirements*.txt.
     install_requires=["setuptools"],
     # `colcon test` runs pytest (rather than unittest) for a package that lists it here.
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "ruff"]},
     zip_safe=True,
     maintainer="openvla_ros maintainers",
     maintainer_email="maintainers@openvla-ros.dev",

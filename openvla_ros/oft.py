@@ -323,7 +323,8 @@ def layout_pass(prompt_ids: Sequence[int], layout: PassLayout, pad_token_id: int
         raise ValueError("prompt_ids needs BOS and at least one text token")
     if text > layout.max_text_tokens:
         raise ValueError(f"prompt has {text} text tokens after BOS but this export holds at most "
-                         f"{layout.max_text_tokens}; shorten the instruction or re-export with --max-text-tokens {text}")
+                         f"{layout.max_text_tokens}; shorten the instruction or re-export with "
+                         f"--max-text-tokens {text}")
     input_ids = np.full((1, 1 + layout.max_text_tokens), pad_token_id, dtype=np.int64)
     input_ids[0, :len(ids)] = ids
     real = np.ones(layout.length, dtype=bool)

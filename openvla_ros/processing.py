@@ -9,7 +9,6 @@ fast tokenizer. Both load from a directory holding only the processor files.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +22,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+# A LIBERO task's language: what bench, bench-node and verify ask for when given no instruction.
+DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 # SentencePiece's word-start marker; official predict_action ends every prompt with this token.
 SPACE_TOKEN = "\u2581"
 
@@ -247,7 +248,8 @@ class PromptTokenizer:
         eos = _token_id(tokenizer, settings.get("eos_token", "</s>")) if settings.get("add_eos_token", False) else None
         space = tokenizer.token_to_id(SPACE_TOKEN)
         if space is None:
-            raise ValueError(f"{directory / TOKENIZER_FILE} has no {SPACE_TOKEN!r} token, which OpenVLA prompts end with")
+            raise ValueError(f"{directory / TOKENIZER_FILE} has no {SPACE_TOKEN!r} token, "
+                             "which OpenVLA prompts end with")
         return cls(tokenizer, bos, eos, space)
 
     def encode(self, instruction: str) -> list[int]:

@@ -206,7 +206,8 @@ class PyAclDouble:
     def create_data_buffer(self, ptr: int, size: int) -> int:
         with self._lock:
             # returns the handle alone; 0 (a null aclDataBuffer) when refused
-            if self._enter("acl.create_data_buffer") != ACL_SUCCESS or size <= 0 or self._device_range(ptr, size) is None:
+            if (self._enter("acl.create_data_buffer") != ACL_SUCCESS or size <= 0
+                    or self._device_range(ptr, size) is None):
                 return 0
             handle = self._handle()
             self.state.data_buffers[handle] = (ptr, size)

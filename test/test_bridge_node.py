@@ -22,6 +22,7 @@ from rclpy.time import Time  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+from openvla_ros.diagnostic_values import decode  # noqa: E402
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
 from openvla_ros.actions import POSE_LABELS  # noqa: E402
 
@@ -114,7 +115,7 @@ class BridgeProbe(Probe):
         statuses = self.all("episode_status")
         if not statuses:
             return {}
-        return {kv.key: kv.value for kv in statuses[-1].values} | {"message": statuses[-1].message}
+        return decode(statuses[-1]) | {"message": statuses[-1].message}
 
     def reset(self) -> Trigger.Response:
         self.clear()
@@ -139,8 +140,8 @@ class BridgeProbe(Probe):
         def states() -> list[tuple[float, float, float]]:
             # A frame re-sent after action_timeout_s (a slow round trip on a loaded machine) carries
             # a new stamp but the same, unstepped state: one entry per state actually reached.
-            by_stamp = {Time.from_msg(p.header.stamp).nanoseconds: (p.pose.position.x, p.pose.position.y, p.pose.position.z)
-                        for p in self.all("ee_pose")}
+            by_stamp = {Time.from_msg(p.header.stamp).nanoseconds:
+                        (p.pose.position.x, p.pose.position.y, p.pose.position.z) for p in self.all("ee_pose")}
             ordered = [by_stamp[stamp] for stamp in sorted(by_stamp)]
             return [s for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1]]
 
@@ -162,7 +163,8 @@ def video_dir(tmp_path_factory):
 def bridge(video_dir):
     process = start_bridge(record_video=True, video_dir=str(video_dir))
     with BridgeProbe() as probe:
-        ready = process.wait_until(lambda: probe.status().get("message") == "running" and bool(probe.views()), 120.0, 0.2)
+        ready = process.wait_until(lambda: probe.status().get("message") == "running" and bool(probe.views()),
+                                   120.0, 0.2)
         assert ready, f"bridge did not start an episode:\n{process.log_text()}"
         yield process, probe
     assert process.stop() == 0, process.log_text()
@@ -418,7 +420,8 @@ def test_real_policy_node_drives_lockstep_episode(tiny_onnx_export, tmp_path):
         log_path=tmp_path / "bridge.log").start()
     try:
         with BridgeProbe(namespace=namespace, policy=False) as probe:
-            probe.publisher(String, probe.topic("test_instruction"), LATCHED).publish(String(data="move the gripper up"))
+            instruction = probe.publisher(String, probe.topic("test_instruction"), LATCHED)
+            instruction.publish(String(data="move the gripper up"))
             trajectory = probe.run_episode(timeout=240.0)
             status, views = probe.status(), len(probe.views())
         assert status["step"] == "8" and status["message"] == "max_steps", status

@@ -30,7 +30,8 @@ def test_real_checkpoints_get_the_full_dims_of_their_timm_ids(official_fixture):
 
 def test_overrides_replace_the_vit_dims(official_fixture):
     config = OpenVLAConfig.load(official_fixture / "ckpt")
-    assert [(s.embed_dim, s.depth, s.num_heads, s.mlp_hidden) for s in config.vision] == [(32, 3, 2, 128), (24, 3, 2, 48)]
+    assert [(s.embed_dim, s.depth, s.num_heads, s.mlp_hidden) for s in config.vision] == [(32, 3, 2, 128),
+                                                                                           (24, 3, 2, 48)]
     assert config.vision_dim == 56 and config.llm_dim == 32
     assert (config.text_vocab_size, config.pad_to_multiple_of, config.pad_token_id) == (32064, 64, 32000)
     assert sorted(config.norm_stats) == ["libero_object_no_noops", "toy_two_dim"]
@@ -76,7 +77,8 @@ def test_sharded_official_checkpoint_reproduces_the_reference(official_fixture, 
     _shard(official_fixture / "ckpt" / "model.safetensors", sharded, n_shards=3)
     assert len(find_weight_files(sharded)) == 3
     key = "libero_object_no_noops"
-    cases = [c for c in json.loads((official_fixture / "reference.json").read_text())["cases"] if c["unnorm_key"] == key]
+    cases = [c for c in json.loads((official_fixture / "reference.json").read_text())["cases"]
+             if c["unnorm_key"] == key]
     policy = TorchPolicy.load(sharded, unnorm_key=key)
     for case in cases[:3]:
         image = np.asarray(Image.open(official_fixture / case["image"]).convert("RGB"))
@@ -84,7 +86,8 @@ def test_sharded_official_checkpoint_reproduces_the_reference(official_fixture, 
 
 
 def test_missing_shard_is_named(official_fixture, tmp_path):
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(FileNotFoundError, match="model-00001-of-00002"):
         find_weight_files(tmp_path)
 

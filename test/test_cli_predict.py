@@ -28,8 +28,9 @@ def _predict_json(capsys, *args) -> dict:
 
 def test_predict_json_reproduces_an_official_case(official_fixture, capsys):
     case = json.loads((official_fixture / "reference.json").read_text())["cases"][-1]
-    result = _predict_json(capsys, "--checkpoint", official_fixture / "ckpt", "--image", official_fixture / case["image"],
-                           "--instruction", case["instruction"], "--unnorm-key", case["unnorm_key"], "--backend", "torch")
+    result = _predict_json(capsys, "--checkpoint", official_fixture / "ckpt",
+                           "--image", official_fixture / case["image"], "--instruction", case["instruction"],
+                           "--unnorm-key", case["unnorm_key"], "--backend", "torch")
     assert result["prompt_ids"] == case["prompt_ids"]
     assert result["action_token_ids"] == case["action_token_ids"]
     np.testing.assert_allclose(result["action"], case["action"], rtol=0, atol=1e-5)
@@ -114,7 +115,8 @@ def test_unreadable_image_is_reported(tiny_checkpoint, tmp_path, capsys):
 def test_make_tiny_cli_writes_and_skips(tmp_path, capsys):
     out = tmp_path / "ckpt"
     assert main(["make-tiny", "--out", str(out), "--seed", "3"]) == 0
-    assert (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["model_type"] == "openvla"
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "openvla"
     written = (out / "model.safetensors").read_bytes()
     assert main(["make-tiny", "--out", str(out), "--seed", "4", "--skip-if-exists"]) == 0
     assert "skipped" in capsys.readouterr().out

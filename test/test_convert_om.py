@@ -103,7 +103,8 @@ def test_cli_passes_soc_and_per_graph_precision(tiny_onnx_export_fp16, tmp_path,
 
 
 def test_rejects_bad_precision_and_incomplete_exports(tiny_onnx_export, tmp_path, atc_env):
-    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(tmp_path / "om"), "--precision", "decoder=fp16"], atc_env)
+    proc = _script(["--onnx", str(tiny_onnx_export), "--out", str(tmp_path / "om"), "--precision", "decoder=fp16"],
+                   atc_env)
     assert proc.returncode == 2 and "GRAPH one of vision_backbone" in proc.stderr
     partial = tmp_path / "partial"
     partial.mkdir()

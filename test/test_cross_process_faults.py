@@ -25,7 +25,9 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from openvla_ros.diagnostic_values import decode  # noqa: E402
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
+from openvla_ros.nodes.policy_diagnostics import policy_report  # noqa: E402
 from ros_probe import LATCHED, Probe  # noqa: E402
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
@@ -61,14 +63,14 @@ class LoopProbe(Probe):
 
     def status(self) -> dict[str, str]:
         statuses = self.messages("episode_status")
-        return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+        return decode(statuses[-1]) if statuses else {}
 
     def step(self) -> int:
         return int(self.status().get("step", "-1"))
 
     def policy_diagnostics(self) -> list[dict[str, str]]:
-        return [{kv.key: kv.value for kv in status.values} for msg in self.messages("/diagnostics")
-                for status in msg.status if status.name == f"{NAMESPACE}/policy_node"]
+        reports = (policy_report(msg, f"{NAMESPACE}/policy_node") for msg in self.messages("/diagnostics"))
+        return [report.values for report in reports if report is not None]
 
 
 def test_bridge_killed_while_the_policy_runs(tiny_onnx_export, tmp_path):

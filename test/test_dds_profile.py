@@ -11,7 +11,8 @@ def test_profile_has_a_shared_memory_segment_for_four_large_frames(tmp_path, cap
     assert main(["dds-profile", "--out", str(path), "--max-message-mib", "2"]) == 0
     assert "FASTDDS_DEFAULT_PROFILES_FILE=" in capsys.readouterr().out
     root = ET.parse(path).getroot()
-    shm = next(t for t in root.iterfind(".//f:transport_descriptor", NS) if t.findtext("f:type", namespaces=NS) == "SHM")
+    shm = next(t for t in root.iterfind(".//f:transport_descriptor", NS)
+               if t.findtext("f:type", namespaces=NS) == "SHM")
     assert int(shm.findtext("f:maxMessageSize", namespaces=NS)) == 2 << 20
     assert int(shm.findtext("f:segment_size", namespaces=NS)) == 4 * (2 << 20)
     # 640x480 rgb8 (900 KiB) fits one message; UDP stays available for other hosts

@@ -17,7 +17,8 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from openvla_ros.demo.closed_loop import DEMO_INSTRUCTION_TOPIC, DEMO_ORDER, Recorder, Segment, run_schedule, summarize_segments  # noqa: E402
+from openvla_ros.demo.closed_loop import (DEMO_INSTRUCTION_TOPIC, DEMO_ORDER, Recorder, Segment,  # noqa: E402
+                                          run_schedule, summarize_segments)
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY, INSTRUCTIONS, MOTIONS  # noqa: E402
 from openvla_ros.demo.run import expected_actions  # noqa: E402
 from openvla_ros.evaluation.node_pair import NodePair, PairConfig  # noqa: E402

@@ -36,12 +36,46 @@ def test_plan_follows_openvla_protocol():
     ({"workers": 0}, "workers"),
     ({"domain_id_base": 232, "workers": 2}, "out of range"),
     ({"suite": "libero_100"}, "unknown LIBERO suite"),
+    ({"center_crop_scale": 1.5}, r"policy parameter center_crop_scale=1.5: expected a value in \[0.01, 1.0\]"),
+    ({"camera_size": 0}, "camera_size must be > 0"),
+    ({"num_steps_wait": -1}, "num_steps_wait must be >= 0"),
 ])
 def test_bad_settings_are_rejected(tmp_path, change, message):
     settings = dict(suite="libero_object", tasks=(0,), episodes_per_task=2, backend="onnxruntime",
                     model_dir=tmp_path, out=tmp_path / "out")
     with pytest.raises(ValueError, match=message):
         EvalConfig(**{**settings, **change}).validate()
+
+
+def test_a_pair_passes_only_the_overrides_it_is_given(tmp_path):
+    """Each default lives with its node: a setting not overridden is not passed at all."""
+    from openvla_ros.evaluation.node_pair import PairConfig
+
+    plain = PairConfig("onnxruntime", tmp_path, 5, tmp_path)
+    assert "center_crop_scale" not in plain.policy_parameters()
+    assert "camera_size" not in plain.bridge_parameters()
+    pair = PairConfig("onnxruntime", tmp_path, 5, tmp_path, policy_overrides={"center_crop_scale": 1, "max_rate_hz": 4},
+                      bridge_overrides={"camera_size": 128, "control_rate_hz": 10})
+    assert pair.policy_parameters()["center_crop_scale"] == 1.0 and pair.policy_parameters()["max_rate_hz"] == 4.0
+    assert type(pair.policy_parameters()["center_crop_scale"]) is float  # a node refuses an int for a double
+    assert pair.bridge_parameters()["camera_size"] == 128 and pair.bridge_parameters()["control_rate_hz"] == 10.0
+    assert type(pair.bridge_parameters()["control_rate_hz"]) is float
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"policy_overrides": {"centre_crop_scale": 0.9}}, "policy parameter 'centre_crop_scale' is not declared"),
+    ({"policy_overrides": {"center_crop_scale": "0.9"}}, "center_crop_scale='0.9': expected a float"),
+    ({"policy_overrides": {"max_consecutive_errors": 0}}, r"max_consecutive_errors=0: expected a value in \[1, "),
+    ({"policy_overrides": {"mode": "continuous"}}, r"policy parameters \['mode'\] are set by the node pair"),
+    ({"bridge_overrides": {"camera": 128}}, "unknown bridge parameters"),
+    ({"bridge_overrides": {"camera_size": -1}}, "camera_size must be > 0"),
+    ({"bridge_overrides": {"call_policy_step": False}}, r"bridge parameters \['call_policy_step'\] are set by"),
+])
+def test_a_pair_refuses_overrides_the_nodes_would_refuse(tmp_path, change, message):
+    from openvla_ros.evaluation.node_pair import PairConfig
+
+    with pytest.raises(ValueError, match=message):
+        PairConfig("onnxruntime", tmp_path, 5, tmp_path, **change).validate()
 
 
 def _episode(task: int, init: int, success: bool, latencies: list[float]) -> EpisodeResult:
@@ -131,8 +165,8 @@ def test_official_finetune_off_protocol_is_refused_unless_allowed(tiny_onnx_expo
 
 
 def test_resume_skips_recorded_episodes_and_refuses_other_settings(tiny_onnx_export, tmp_path):
-    config = _official_config(tiny_onnx_export, tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True, resume=True,
-                              record_video=False)
+    config = _official_config(tiny_onnx_export, tmp_path, tasks=(0,), episodes_per_task=2, allow_protocol_drift=True,
+                              resume=True, record_video=False)
     episodes = [EpisodeResult("libero_object", 0, i, "pick up", i == 1, 10, 280, 0, 1.0, [5.0], None, 0, 1)
                 for i in range(2)]
     assert recorded_episodes(config) == []

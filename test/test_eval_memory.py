@@ -50,7 +50,8 @@ def test_short_evaluation_records_memory_and_fits_the_budget(demo_model, tmp_pat
         assert worker["bridge_peak_rss_mb"] > 500 and worker["policy_peak_rss_mb"] > 50
         assert worker["total_peak_rss_mb"] == pytest.approx(worker["bridge_peak_rss_mb"] + worker["policy_peak_rss_mb"],
                                                             abs=0.11)
-    assert memory["total_peak_rss_mb"] == pytest.approx(sum(w["total_peak_rss_mb"] for w in memory["workers"]), abs=0.11)
+    assert memory["total_peak_rss_mb"] == pytest.approx(sum(w["total_peak_rss_mb"] for w in memory["workers"]),
+                                                        abs=0.11)
     for worker in (0, 1):
         mine = [e for e in results["episodes"] if e["worker"] == worker]
         assert len(mine) >= 4, "each worker needs 2 warm-up episodes and 2 measured ones"

@@ -85,14 +85,15 @@ def test_verify_passes_the_official_fp32_export(official_fixture, official_onnx_
     report = verify_export(official_fixture / "ckpt", official_onnx_export, default_cases(random_images=2))
     assert report["passed"], report
     assert report["token_agreement"] == 1.0 and report["max_action_abs_diff"] <= 1e-5
-    assert set(report["graphs"]) >= {"vision_backbone.patch_features", "projector.patch_embeds", "embedding.token_embeds",
+    assert set(report["graphs"]) >= {"vision_backbone.patch_features", "projector.patch_embeds",
+                                     "embedding.token_embeds",
                                      "vla_prefill.logits", "vla_prefill.present_kv", "vla_decoder.logits",
                                      "vla_decoder.present_kv"}
     assert all(d["max_abs_diff"] < 1e-3 for d in report["graphs"].values())
 
 
-def test_verify_cli_writes_report_and_fails_on_a_foreign_export(tiny_checkpoint, tiny_onnx_export, other_tiny_onnx_export,
-                                                                  tmp_path):
+def test_verify_cli_writes_report_and_fails_on_a_foreign_export(tiny_checkpoint, tiny_onnx_export,
+                                                                  other_tiny_onnx_export, tmp_path):
     good = tmp_path / "good.json"
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "verify", "--checkpoint", str(tiny_checkpoint),
                            "--onnx", str(tiny_onnx_export), "--random-images", "1", "--report", str(good)],

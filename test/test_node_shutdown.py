@@ -26,7 +26,9 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from openvla_ros.diagnostic_values import decode  # noqa: E402
 from openvla_ros.node_process import NodeProcess  # noqa: E402
+from openvla_ros.sim.episode import EpisodeStatus  # noqa: E402
 from ros_probe import LATCHED, Probe  # noqa: E402
 
 BOUND_S = 5.0
@@ -155,7 +157,7 @@ def run_bridge_mid_step(sig: signal.Signals, tmp_path: Path) -> str:
 
         def steps() -> int:
             statuses = probe.messages("episode_status")
-            return int({kv.key: kv.value for kv in statuses[-1].values}["step"]) if statuses else 0
+            return EpisodeStatus.from_values(decode(statuses[-1])).step if statuses else 0
 
         assert node.wait_until(lambda: steps() >= 20, 300.0, interval=0.2), node.log_text()[-3000:]
         return stop_and_check(node, sig)

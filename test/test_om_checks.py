@@ -66,7 +66,8 @@ def test_verify_om_against_the_torch_reference(pyacl, tiny_checkpoint, tiny_om_e
 def test_bench_om_backend(tiny_om_export, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "bench", "--backend", "om", "--om",
-                           str(tiny_om_export), "--iterations", "4", "--rounds", "2", "--warmup", "1", "--out", str(out)],
+                           str(tiny_om_export), "--iterations", "4", "--rounds", "2", "--warmup", "1",
+                           "--out", str(out)],
                           env=shim_env(tmp_path / "shim"), capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     om = json.loads(out.read_text())["backends"]["om"]

@@ -45,7 +45,8 @@ def test_launch_argument_strings_become_checked_overrides():
     for argument, reason in [({"backend": "tensorflow"}, "backend:=tensorflow: backend 'tensorflow' is unknown"),
                              ({"mode": "sometimes"}, "mode:=sometimes: mode 'sometimes' is unknown"),
                              ({"center_crop_scale": "big"}, "center_crop_scale:=big: expected a number"),
-                             ({"center_crop_scale": "1.5"}, r"center_crop_scale:=1.5: expected a value in \[0.01, 1.0\]")]:
+                             ({"center_crop_scale": "1.5"},
+                              r"center_crop_scale:=1.5: expected a value in \[0.01, 1.0\]")]:
         with pytest.raises(ValueError, match=reason):
             policy_params.launch_overrides(argument)
 

@@ -22,18 +22,20 @@ from geometry_msgs.msg import TwistStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
+from openvla_ros.nodes.policy_diagnostics import policy_report  # noqa: E402
+from openvla_ros.nodes.timing import timing_values  # noqa: E402
+from openvla_ros.qos import SENSOR_DATA  # noqa: E402
 from ros_probe import LATCHED, Probe  # noqa: E402
 
 NODE = "/policy_node"
 INSTRUCTION = "pick up the black bowl"
-FRAMES = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 MAX_PIXELS = 96 * 128 * 2
 LABELS = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 
@@ -70,8 +72,8 @@ class PolicyNodeHarness:
 
     def __init__(self, probe: Probe, node: NodeProcess, node_path: str = NODE) -> None:
         self.probe, self.node, self.node_path = probe, node, node_path
-        self.images = probe.publisher(Image, "image", FRAMES)
-        self.compressed = probe.publisher(CompressedImage, "image/compressed", FRAMES)
+        self.images = probe.publisher(Image, "image", SENSOR_DATA)
+        self.compressed = probe.publisher(CompressedImage, "image/compressed", SENSOR_DATA)
         self.instruction = probe.publisher(String, "instruction", LATCHED)
         probe.subscribe(JointTrajectory, "action")
         probe.subscribe(TwistStamped, "action/twist")
@@ -90,10 +92,9 @@ class PolicyNodeHarness:
 
     def _own_status(self) -> dict[str, str] | None:
         for msg in reversed(self.probe.messages("/diagnostics")):
-            for status in msg.status:
-                if status.name == self.node_path:
-                    return {kv.key: kv.value for kv in status.values} | {"_level": status.level,
-                                                                         "_message": status.message}
+            report = policy_report(msg, self.node_path)
+            if report is not None:
+                return report.values | {"_level": report.level, "_message": report.message}
         return None
 
     def send_and_wait_action(self, msg: Image, timeout: float = 20.0) -> JointTrajectory | None:
@@ -165,7 +166,7 @@ def test_actions_equal_predict_onnxruntime(harness, tiny_onnx_export, tmp_path):
     assert [t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z] == expected[:6]
     assert any(m.data == expected[6] for m in harness.probe.messages("action/gripper"))
     timing = next(m for m in harness.probe.messages(f"{NODE}/timing") if m.header.stamp == stamp)
-    assert float({kv.key: kv.value for kv in timing.status[0].values}["backend_ms"]) > 0
+    assert timing_values(timing)["backend_ms"] > 0
 
 
 def test_torch_not_imported_with_onnxruntime(harness):

@@ -16,7 +16,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from openvla_ros.nodes.dds_profile import large_frames_env  # noqa: E402
+from openvla_ros.dds_profile import large_frames_env  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CAMERA_HZ, SECONDS = 60.0, 5.0

@@ -96,8 +96,9 @@ def test_ros2_param_get_and_set(launched):
     assert ros2_on_node("param", "set", NODE, "max_rate_hz", "5.0").stdout.strip() == "Set parameter successful"
     assert ros2_on_node("param", "get", NODE, "max_rate_hz").stdout.strip() == "Double value is: 5.0"
     refused = ros2_on_node("param", "set", NODE, "backend", "torch")
-    assert (refused.stdout + refused.stderr).strip() == ("Setting parameter failed: backend cannot change once a model is loaded; "
-                       "deactivate and clean up, set backend, then configure")
+    assert (refused.stdout + refused.stderr).strip() == (
+        "Setting parameter failed: backend cannot change once a model is loaded; "
+        "deactivate and clean up, set backend, then configure")
 
 
 def test_ros2_topic_echo_and_hz_show_actions(launched):

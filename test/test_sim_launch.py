@@ -51,7 +51,8 @@ def test_launch_file_starts_the_bridge_with_params_file_and_overrides(launch_tre
 def test_launch_arguments_name_bridge_parameters(launch_tree):
     overridable = parameter_arguments(launch_tree)
     assert set(overridable) <= set(BridgeConfig.names())
-    assert {"task_suite", "task_id", "init_state_id", "mode", "max_steps", "record_video", "video_dir"} <= set(overridable)
+    assert {"task_suite", "task_id", "init_state_id", "mode", "max_steps", "record_video",
+            "video_dir"} <= set(overridable)
     declared = {ast.literal_eval(c.args[0]): keywords(c) for c in calls(launch_tree, "DeclareLaunchArgument")
                 if isinstance(c.args[0], ast.Constant)}
     assert {"params_file", "namespace", "node_name", "policy_step"} <= set(declared)
@@ -105,5 +106,6 @@ def test_bring_up_passes_each_include_only_arguments_it_declares():
     for launch_file, passed in includes.items():
         declared = declared_arguments(REPO_ROOT / "launch" / launch_file)
         assert passed <= declared, (launch_file, passed - declared)
-    assert {"task_suite", "task_id", "max_steps", "mode", "call_policy_step", "policy_step"} <= includes["sim.launch.py"]
+    assert {"task_suite", "task_id", "max_steps", "mode", "call_policy_step",
+            "policy_step"} <= includes["sim.launch.py"]
     assert {"backend", "model_dir", "unnorm_key", "instruction_topic", "params_file"} <= includes["policy.launch.py"]

@@ -83,7 +83,8 @@ def test_soak_two_minutes(demo_model, tmp_path):
     the README's: RSS of both nodes grows <= 5 % after the warm-up episodes, zero node errors, no
     episode lost. Before the bridge's heap was contained it grew ~128 MB (~6 %) per episode."""
     out = tmp_path / "soak"
-    cmd = [sys.executable, "-m", "openvla_ros.cli", "soak", "--minutes", "2", "--min-episodes", "5", "--max-steps", "20",
+    cmd = [sys.executable, "-m", "openvla_ros.cli", "soak", "--minutes", "2", "--min-episodes", "5",
+           "--max-steps", "20",
            "--warmup-episodes", "3", "--sample-interval-s", "2", "--model-dir", str(demo_model / "onnx"),
            "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -135,7 +136,8 @@ def test_soak_verdict_counts_growth_errors_and_lost_episodes(tmp_path):
     assert not leaking["acceptance"]["passed"]
     gap = summarize(config, [_sample(0.0, 0)], flat[:2] + [_episode(4, 1600.0), _episode(5, 1600.0)], [], "now")
     assert gap["acceptance"]["episodes_lost"] == 1 and not gap["acceptance"]["passed"]
-    errors = summarize(config, [_sample(0.0, 2)], flat[:3] + [_episode(4, 1600.0, rejected=1)], ["bridge exited"], "now")
+    errors = summarize(config, [_sample(0.0, 2)], flat[:3] + [_episode(4, 1600.0, rejected=1)], ["bridge exited"],
+                       "now")
     assert errors["acceptance"]["node_errors"] == 2 + 1 + 1 and errors["acceptance"]["episodes_lost"] == 1
     plot_soak(errors, tmp_path / "soak.png")
     assert (tmp_path / "soak.png").stat().st_size > 10_000

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
+from openvla_ros.processing import DEFAULT_INSTRUCTION
+
 REPLY = "BENCH "  # prefix of the worker's protocol lines on stdout (anything else is ignored)
 OFT_PREFIX = "oft/"  # worker labels of the OpenVLA-OFT model
 
@@ -98,8 +99,8 @@ def _final_summary(policy, prediction, instruction: str) -> dict:
         summary = {"actions_per_chunk": int(prediction.actions.shape[0]), "first_action": prediction.action.tolist()}
         result = getattr(policy, "last_result", None)
         if result is not None:
-            summary["transfers"] = {"bytes_per_chunk": result.transfers.total, "to_runtime": result.transfers.to_runtime,
-                                    "to_host": result.transfers.to_host}
+            summary["transfers"] = {"bytes_per_chunk": result.transfers.total,
+                                    "to_runtime": result.transfers.to_runtime, "to_host": result.transfers.to_host}
         return summary
     summary = {"action_token_ids": prediction.action_token_ids if prediction else [],
                "instruction_check_ms": instruction_check_ms(policy, instruction)}
@@ -323,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
         results = _measure(dirs, args)
     for backend in backends:
         results.setdefault(backend, {"available": False, "reason": "no --om directory given (convert-om output)"})
-    oft = {label.removeprefix(OFT_PREFIX): results.pop(label) for label in list(results) if label.startswith(OFT_PREFIX)}
+    oft = {label.removeprefix(OFT_PREFIX): results.pop(label)
+           for label in list(results) if label.startswith(OFT_PREFIX)}
     for result in oft.values():
         if result.get("available"):
             result["actions_per_second"] = round(result["actions_per_chunk"] * 1e3 / result["latency_ms"]["p50"], 3)
@@ -347,7 +349,8 @@ def run(args: argparse.Namespace) -> int:
     ok = {b: r for b, r in results.items() if r.get("available")}
     if "torch" in ok:
         report["speedup_vs_torch_p50"] = {
-            b: round(ok["torch"]["latency_ms"]["p50"] / r["latency_ms"]["p50"], 2) for b, r in ok.items() if b != "torch"
+            b: round(ok["torch"]["latency_ms"]["p50"] / r["latency_ms"]["p50"], 2)
+            for b, r in ok.items() if b != "torch"
         }
     text = json.dumps(report, indent=2)
     if args.out:

@@ -13,7 +13,7 @@ Then, unless --no-floor, the same harness measures the transport floor
 at once from its callback. Its end-to-end time is what rclpy + DDS + conversion cost on this
 machine with no inference thread and no model; the policy node's overhead is read against it.
 
-All processes use the large-frames Fast DDS profile (openvla_ros.nodes.dds_profile) unless
+All processes use the large-frames Fast DDS profile (openvla_ros.dds_profile) unless
 FASTDDS_DEFAULT_PROFILES_FILE is already set.
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ import numpy as np
 
 from openvla_ros.commands.predict import MODEL_DIR_OPTIONS, _backend_and_dir
 from openvla_ros.policy import BACKENDS
+from openvla_ros.processing import DEFAULT_INSTRUCTION
 
 DEFAULT_SIZES = ("224x224", "640x480")
-DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 ACTION_TIMEOUT_S = 60.0  # a timed frame whose action takes longer is counted as lost
 FIRST_ACTION_TIMEOUT_S = 300.0
 FLOOR_NAMESPACE = "bench_floor"  # keeps the floor node's all-zero actions off any robot's `action` topic
@@ -96,7 +96,9 @@ class ActionWatcher:
             self._cond.notify_all()
 
     def on_timing(self, received_at: float, msg) -> None:
-        values = {kv.key: float(kv.value) for kv in msg.status[0].values}
+        from openvla_ros.nodes.timing import timing_values
+
+        values = timing_values(msg)
         with self._cond:
             self.timing[self.key(msg.header.stamp)] = values
             self._cond.notify_all()
@@ -116,14 +118,14 @@ def _frame(probe, data: bytes, width: int, height: int):
 
 def _check_node(probe, node) -> None:
     """RuntimeError with the node's own reason if it exited or reports an error (a failed configure)."""
-    from diagnostic_msgs.msg import DiagnosticStatus
+    from openvla_ros.nodes.policy_diagnostics import policy_report
 
     if not node.running():
         raise RuntimeError(f"{node.name} exited with code {node.proc.returncode}; log:\n{node.log_text()[-2000:]}")
     for msg in probe.messages("/diagnostics"):
-        for status in msg.status:
-            if status.level == DiagnosticStatus.ERROR and status.name.endswith(f"/{node.name}"):
-                raise RuntimeError(f"{node.name} reported: {status.message}")
+        report = policy_report(msg, f"/{node.name}")
+        if report is not None and report.error:
+            raise RuntimeError(f"{node.name} reported: {report.message}")
 
 
 def _wait_first_action(probe, publisher, watcher: ActionWatcher, node) -> None:
@@ -181,8 +183,8 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from openvla_ros.nodes.policy_node import SENSOR_DATA
-    from openvla_ros.nodes.probe import LATCHED, Probe
+    from openvla_ros.probe import Probe
+    from openvla_ros.qos import LATCHED, SENSOR_DATA
 
     watcher = ActionWatcher()
     with Probe("bench_node_probe", namespace=namespace) as probe:
@@ -209,7 +211,7 @@ def _measure_node(node, namespace: str, timing_topic: str, sizes: list[tuple[int
 def run(args: argparse.Namespace) -> int:
     from openvla_ros.model_check import check_model_dir
     from openvla_ros.node_process import NodeProcess
-    from openvla_ros.nodes.dds_profile import large_frames_env
+    from openvla_ros.dds_profile import large_frames_env
 
     backend, model_dir = _backend_and_dir(args)
     check_model_dir(backend, model_dir, args.unnorm_key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from openvla_ros.nodes.dds_profile import PROFILE_ENV, write_large_frames_profile
+from openvla_ros.dds_profile import PROFILE_ENV, write_large_frames_profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,23 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch: HF-format checkpoint; onnxruntime/om: export directory")
     parser.add_argument("--unnorm-key", default="", help="norm stats key (default: the model's only one), "
                                                          "e.g. libero_object_no_noops for OpenVLA's LIBERO fine-tunes")
-    parser.add_argument("--center-crop-scale", type=float, default=0.9,
+    # --center-crop-scale, --image-preprocess, --camera-size, --num-steps-wait, --reset-rng: left unset,
+    # each is the protocol's value (evaluation/protocol.py).
+    parser.add_argument("--center-crop-scale", type=float,
                         help="policy centre crop area fraction (protocol: 0.9, the fine-tunes' training augmentation)")
-    parser.add_argument("--image-preprocess", choices=IMAGE_PREPROCESS, default="openvla",
+    parser.add_argument("--image-preprocess", choices=IMAGE_PREPROCESS,
                         help="openvla: the bridge publishes OpenVLA's 224 px policy image (JPEG round trip, Lanczos "
                              "resize; protocol); none: the rendered frame as it is")
-    parser.add_argument("--workers", type=int, default=1, help="bridge + policy pairs in parallel (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="bridge + policy pairs in parallel (default: %(default)s)")
     parser.add_argument("--domain-id-base", type=int, default=None,
                         help="ROS domain of worker 0; worker i uses base + i (default: $ROS_DOMAIN_ID + 1)")
-    parser.add_argument("--camera-size", type=int, default=256, help="camera resolution (protocol: 256)")
+    parser.add_argument("--camera-size", type=int, help="camera resolution (protocol: 256)")
     parser.add_argument("--max-steps", type=int, default=0, help="steps per episode (0 = the suite's protocol limit)")
-    parser.add_argument("--num-steps-wait", type=int, default=10,
+    parser.add_argument("--num-steps-wait", type=int,
                         help="no-op steps after a reset before the first frame (protocol: 10)")
-    parser.add_argument("--reset-rng", choices=RESET_RNG_MODES, default="openvla",
+    parser.add_argument("--reset-rng", choices=RESET_RNG_MODES,
                         help="openvla: fixtures placed as in OpenVLA's evaluation (env seeded once per task, one reset "
                              "per earlier init state; protocol); reseed: seed before every reset (no replayed resets)")
     parser.add_argument("--allow-protocol-drift", action="store_true",
-                        help="run an official fine-tune with settings other than the protocol's (written into the results)")
+                        help="run an official fine-tune with settings other than the protocol's "
+                             "(written into the results)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the episodes already recorded in --out's results.json (same settings required)")
     parser.add_argument("--no-video", action="store_true", help="do not record a video per episode")
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         episodes_per_task=args.episodes_per_task, backend=args.backend, model_dir=args.model_dir, out=args.out,
         unnorm_key=args.unnorm_key, workers=args.workers, camera_size=args.camera_size,
         center_crop_scale=args.center_crop_scale, max_steps=args.max_steps, num_steps_wait=args.num_steps_wait,
-        image_preprocess=args.image_preprocess, reset_rng=args.reset_rng, domain_id_base=base, record_video=not args.no_video,
+        image_preprocess=args.image_preprocess, reset_rng=args.reset_rng, domain_id_base=base,
+        record_video=not args.no_video,
         protocol=args.protocol, allow_protocol_drift=args.allow_protocol_drift, resume=args.resume)
     summary = evaluate(config, show_progress=not args.no_progress)
     for drift in summary["run"]["protocol_drift"]:

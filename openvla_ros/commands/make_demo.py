@@ -14,12 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = TrainConfig()
     parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
-    parser.add_argument("--seed", type=int, default=0, help="weights, frames and data order seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="weights, frames and data order seed (default: %(default)s)")
     parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
                         help="checkpoint size from make-tiny (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="AdamW (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="AdamW (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="torch CPU threads; results are reproducible for a fixed value (default: %(default)s)")
     parser.add_argument("--skip-if-exists", action="store_true",

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-suite", default="libero_object", help="LIBERO scene (default: %(default)s)")
     parser.add_argument("--task-id", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--init-state-id", type=int, default=0, help="(default: %(default)s)")
-    parser.add_argument("--motion-steps", type=int, default=12, help="steps per 'move the gripper ...' (default: %(default)s)")
+    parser.add_argument("--motion-steps", type=int, default=12,
+                        help="steps per 'move the gripper ...' (default: %(default)s)")
     parser.add_argument("--gripper-steps", type=int, default=10, help="steps per open/close (default: %(default)s)")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS domain of the nodes (default: $ROS_DOMAIN_ID or 0, so `ros2 topic echo` sees them)")

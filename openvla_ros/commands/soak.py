@@ -47,12 +47,13 @@ def run(args: argparse.Namespace) -> int:
         domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0) + 1
     summary = run_soak(SoakConfig(
         model_dir=args.model_dir, out=args.out, domain_id=domain_id, mode=args.mode, minutes=args.minutes,
-        episodes=args.episodes, min_episodes=args.min_episodes, unnorm_key=args.unnorm_key, task_suite=args.suite, task_id=args.task_id,
+        episodes=args.episodes, min_episodes=args.min_episodes, unnorm_key=args.unnorm_key, task_suite=args.suite,
+        task_id=args.task_id,
         max_steps=args.max_steps, camera_size=args.camera_size, control_rate_hz=args.control_rate_hz,
         sample_interval_s=args.sample_interval_s, warmup_episodes=args.warmup_episodes, max_growth=args.max_growth))
     verdict = summary["acceptance"]
-    growth = ", ".join(f"{name} {g['rss_mb_after_warmup']} -> {g['rss_mb_max_after_warmup']} MB ({_percent(g['growth'])})"
-                       for name, g in verdict["rss_growth_after_warmup"].items())
+    growth = ", ".join(f"{name} {g['rss_mb_after_warmup']} -> {g['rss_mb_max_after_warmup']} MB "
+                       f"({_percent(g['growth'])})" for name, g in verdict["rss_growth_after_warmup"].items())
     print(f"soak ({args.mode}): {summary['episodes_done']} episodes, {summary['actions_total']} actions in "
           f"{summary['wall_s']:.0f} s; RSS after warm-up: {growth}; node errors {verdict['node_errors']}, "
           f"episodes lost {verdict['episodes_lost']}: {'passed' if verdict['passed'] else 'FAILED'} "

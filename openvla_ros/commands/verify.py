@@ -47,8 +47,9 @@ def _report(args: argparse.Namespace, cases: list) -> tuple[dict, Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from openvla_ros.processing import DEFAULT_INSTRUCTION
     from openvla_ros.runtime.manifest import Manifest
-    from openvla_ros.runtime.verify_runtimes import DEFAULT_INSTRUCTION, default_cases
+    from openvla_ros.runtime.verify_runtimes import default_cases
 
     if args.random_images < 0:
         raise ValueError(f"--random-images must be >= 0, got {args.random_images}")

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from openvla_ros.demo.frames import SCENES, RenderedFrames, Scene, render_frames
+from openvla_ros.demo.frames import SCENES, Scene, render_frames
 from openvla_ros.demo.instructions import (
     DEMO_UNNORM_KEY,
     INSTRUCTIONS,
@@ -58,7 +58,8 @@ def is_built(out: str | Path) -> bool:
     return paths["report"].is_file() and (paths["onnx"] / "manifest.json").is_file()
 
 
-def make_examples(prompts, decoder, frame_count: int, instructions: Sequence[str] = tuple(INSTRUCTIONS)) -> list[Example]:
+def make_examples(prompts, decoder, frame_count: int,
+                  instructions: Sequence[str] = tuple(INSTRUCTIONS)) -> list[Example]:
     """Every frame paired with every instruction."""
     encoded = {text: (tuple(prompts.encode(text)), tuple(action_token_ids(normalized_target(text), decoder)))
                for text in instructions}

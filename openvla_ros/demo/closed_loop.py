@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from openvla_ros.evaluation.node_pair import NodePair
 from openvla_ros.node_process import wait_until
+from openvla_ros.sim.episode import EpisodeStatus
 
 DEMO_INSTRUCTION_TOPIC = "demo/instruction"
 RECORD_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -86,7 +87,8 @@ class Recorder:
         positions = dict(zip(msg.name, msg.position))
         if all(name in positions for name in FINGER_JOINTS):
             with self.lock:
-                self.fingers[Time.from_msg(msg.header.stamp).nanoseconds] = positions[FINGER_JOINTS[0]] - positions[FINGER_JOINTS[1]]
+                opening = positions[FINGER_JOINTS[0]] - positions[FINGER_JOINTS[1]]
+                self.fingers[Time.from_msg(msg.header.stamp).nanoseconds] = opening
 
     def _on_action(self, msg: JointTrajectory) -> None:
         if len(msg.points) == 1:
@@ -162,9 +164,9 @@ def run_schedule(pair: NodePair, recorder: Recorder, schedule: Sequence[Segment]
             recorder.switches.append((time.time_ns(), text))
         pair.publish_instruction(text)
 
-    def on_status(values: dict[str, str]) -> None:
+    def on_status(status: EpisodeStatus) -> None:
         # `>=`, not `==`: a status seen late must still switch (and never twice for one boundary).
-        step = int(values["step"])
+        step = status.step
         while len(recorder.switches) < len(schedule) and step >= boundaries[len(recorder.switches) - 1]:
             switch(schedule[len(recorder.switches)].instruction)
 

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from openvla_ros.demo.closed_loop import DEMO_INSTRUCTION_TOPIC, Recorder, Segment, default_schedule, run_schedule, summarize_segments
+from openvla_ros.demo.closed_loop import (DEMO_INSTRUCTION_TOPIC, Recorder, Segment, default_schedule, run_schedule,
+                                          summarize_segments)
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY, action_token_ids, normalized_target
 from openvla_ros.evaluation.node_pair import NodePair, PairConfig
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -22,20 +23,21 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from openvla_ros.diagnostic_values import decode
 from openvla_ros.model_check import check_model_dir
 from openvla_ros.node_process import NodeProcess, stop_processes
+from openvla_ros.nodes.policy_diagnostics import PolicyReport, policy_report
+from openvla_ros.nodes.policy_params import checked_overrides
+from openvla_ros.qos import LATCHED, LATCHED_LOG
+from openvla_ros.sim.bridge_config import BridgeConfig
+from openvla_ros.sim.episode import EpisodeStatus
 
 BRIDGE = "libero_bridge"
 POLICY = "policy_node"
 MAX_DOMAIN_ID = 232  # the largest domain id Fast DDS maps to valid ports
-# Reliable + transient local like the bridge's status publisher; a deep reader queue so no
-# per-step status (and its latency value) is dropped while this process is busy.
-STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LOG_TAIL_CHARS = 3000
 
 
@@ -46,11 +48,11 @@ class PairConfig:
     domain_id: int
     log_dir: Path
     unnorm_key: str = ""
-    camera_size: int = 256
-    center_crop_scale: float = 1.0
-    image_preprocess: str = "none"  # the bridge's: "openvla" publishes OpenVLA's 224 x 224 policy image
-    num_steps_wait: int = 10
-    reset_rng: str = "reseed"  # the bridge's: "openvla" places fixtures as OpenVLA's evaluation does
+    # Parameters for the nodes beyond what the pair sets itself, name -> value; a node's own default
+    # holds for every name not given. Checked against the policy node's declarations
+    # (nodes/policy_params.py) and the bridge's (sim/bridge_config.py).
+    policy_overrides: Mapping[str, Any] = field(default_factory=dict)
+    bridge_overrides: Mapping[str, Any] = field(default_factory=dict)
     record_video: bool = False
     video_dir: Path | None = None
     # Remap the policy's `instruction` input to this topic (the demo switches instructions there
@@ -58,26 +60,58 @@ class PairConfig:
     instruction_topic: str | None = None
     startup_timeout_s: float = 180.0
     # "lockstep" (evaluation: the bridge calls the policy's ~/step per frame) or "realtime" (the
-    # soak: the bridge steps at control_rate_hz, the policy infers on every new frame).
+    # soak: the bridge steps at its control_rate_hz, the policy infers on every new frame).
     bridge_mode: str = "lockstep"
-    control_rate_hz: float = 20.0
 
-    def validate(self) -> "PairConfig":
+    def validate(self) -> PairConfig:
         if not 0 <= self.domain_id <= MAX_DOMAIN_ID:
             raise ValueError(f"ROS domain id {self.domain_id} out of range: expected 0..{MAX_DOMAIN_ID}")
         if self.record_video and self.video_dir is None:
             raise ValueError("record_video needs a video_dir")
         if self.bridge_mode not in ("lockstep", "realtime"):
             raise ValueError(f"bridge_mode must be lockstep or realtime, got {self.bridge_mode!r}")
+        self.policy_parameters()
+        self.bridge_parameters()
         check_model_dir(self.backend, self.model_dir, self.unnorm_key)
         return self
+
+    def policy_parameters(self) -> dict[str, Any]:
+        """The policy node's parameters: the checked overrides and the pair's own settings."""
+        lockstep = self.bridge_mode == "lockstep"
+        own = {
+            "backend": self.backend, "model_dir": str(self.model_dir), "unnorm_key": self.unnorm_key,
+            "mode": "trigger" if lockstep else "continuous", "autostart": True,
+            # Lockstep waits for the action, so a frame is never stale in the control sense; a loaded
+            # machine must not make the policy refuse it.
+            "max_image_age_s": 30.0,
+            # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
+            "qos_overrides./image.subscription.reliability": "reliable",
+        }
+        _refuse_own("policy", self.policy_overrides, own)
+        return {**checked_overrides(self.policy_overrides), **own}
+
+    def bridge_parameters(self) -> dict[str, Any]:
+        """The bridge's parameters: the checked overrides and the pair's own settings."""
+        own = {"mode": self.bridge_mode, "call_policy_step": self.bridge_mode == "lockstep",
+               "start_on_launch": False, "gripper_postprocess": "openvla", "record_video": self.record_video,
+               **({"video_dir": str(self.video_dir)} if self.video_dir else {})}
+        _refuse_own("bridge", self.bridge_overrides, own)
+        parameters = {**self.bridge_overrides, **own}
+        checked = BridgeConfig.from_values(parameters).validate()  # integers for floats become floats
+        return {name: getattr(checked, name) for name in parameters}
+
+
+def _refuse_own(node: str, overrides: Mapping[str, Any], own: Mapping[str, Any]) -> None:
+    taken = sorted(set(overrides) & set(own))
+    if taken:
+        raise ValueError(f"{node} parameters {taken} are set by the node pair itself; override others only")
 
 
 @dataclass
 class EpisodeRecord:
     """What the bridge reported about one finished episode, seen from this process."""
 
-    values: dict[str, str]  # the final episode_status values
+    status: EpisodeStatus  # the final episode_status
     message: str  # "success" | "max_steps"
     latencies_ms: list[float]  # per step, frame published -> its action received (bridge's clock)
     wall_s: float
@@ -85,11 +119,20 @@ class EpisodeRecord:
 
     @property
     def success(self) -> bool:
-        return self.values.get("success") == "true"
+        return self.status.success
 
     @property
     def steps(self) -> int:
-        return int(self.values["step"])
+        return self.status.step
+
+
+@dataclass(frozen=True)
+class _Reported:
+    """One episode_status message: its level and message, and its values decoded."""
+
+    error: bool
+    message: str
+    status: EpisodeStatus
 
 
 class _EpisodeLog:
@@ -97,27 +140,23 @@ class _EpisodeLog:
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
-        self.latest: dict[int, DiagnosticStatus] = {}
+        self.latest: dict[int, _Reported] = {}
         self.latencies: dict[int, dict[int, float]] = {}
 
     def add(self, msg: DiagnosticStatus) -> None:
-        values = {kv.key: kv.value for kv in msg.values}
+        values = decode(msg)
         if "episode" not in values:
             return
-        episode, step = int(values["episode"]), int(values.get("step", "0"))
+        status = EpisodeStatus.from_values(values)
         with self.lock:
-            self.latest[episode] = msg
-            if values.get("action_latency_ms"):
-                self.latencies.setdefault(episode, {})[step] = float(values["action_latency_ms"])
+            self.latest[status.episode] = _Reported(msg.level == DiagnosticStatus.ERROR, msg.message, status)
+            if status.action_latency_ms is not None:
+                self.latencies.setdefault(status.episode, {})[status.step] = status.action_latency_ms
             self.lock.notify_all()
 
     def last_episode(self) -> int:
         with self.lock:
             return max(self.latest, default=0)
-
-
-def status_values(msg: DiagnosticStatus) -> dict[str, str]:
-    return {kv.key: kv.value for kv in msg.values}
 
 
 class NodePair:
@@ -127,29 +166,10 @@ class NodePair:
         self.config = config.validate()
         env = {"ROS_DOMAIN_ID": str(config.domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         log_dir = Path(config.log_dir)
-        lockstep = config.bridge_mode == "lockstep"
-        bridge_params = {
-            "mode": config.bridge_mode, "call_policy_step": lockstep, "start_on_launch": False,
-            "control_rate_hz": config.control_rate_hz,
-            "camera_size": config.camera_size, "gripper_postprocess": "openvla",
-            "image_preprocess": config.image_preprocess, "num_steps_wait": config.num_steps_wait,
-            "reset_rng": config.reset_rng,
-            "record_video": config.record_video, "video_dir": str(config.video_dir or "libero_videos"),
-        }
-        policy_params = {
-            "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
-            "mode": "trigger" if lockstep else "continuous", "autostart": True,
-            "center_crop_scale": config.center_crop_scale,
-            # Lockstep waits for the action, so a frame is never stale in the control sense; a loaded
-            # machine must not make the policy refuse it.
-            "max_image_age_s": 30.0,
-            # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
-            "qos_overrides./image.subscription.reliability": "reliable",
-        }
         remaps = {"instruction": config.instruction_topic} if config.instruction_topic else None
-        self.bridge = NodeProcess(BRIDGE, name=BRIDGE, params=bridge_params, env=env,
+        self.bridge = NodeProcess(BRIDGE, name=BRIDGE, params=config.bridge_parameters(), env=env,
                                   log_path=log_dir / f"{BRIDGE}_domain{config.domain_id}.log")
-        self.policy = NodeProcess(POLICY, name=POLICY, params=policy_params, remaps=remaps, env=env,
+        self.policy = NodeProcess(POLICY, name=POLICY, params=config.policy_parameters(), remaps=remaps, env=env,
                                   log_path=log_dir / f"{POLICY}_domain{config.domain_id}.log")
         self.context: Context | None = None
         self.node = None
@@ -157,7 +177,7 @@ class NodePair:
         self._spin_thread: threading.Thread | None = None
         self._log = _EpisodeLog()
         self._instruction_pub = None
-        self._policy_report: DiagnosticStatus | None = None  # the policy node's latest /diagnostics status
+        self._policy_report: PolicyReport | None = None  # the policy node's latest /diagnostics status
 
     # ----- lifecycle -----
     def start(self) -> "NodePair":
@@ -176,7 +196,7 @@ class NodePair:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.config.domain_id)
         self.node = rclpy.create_node(f"eval_driver_{self.config.domain_id}", context=self.context)
-        self.node.create_subscription(DiagnosticStatus, "episode_status", self._log.add, STATUS_QOS)
+        self.node.create_subscription(DiagnosticStatus, "episode_status", self._log.add, LATCHED_LOG)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         if self.config.instruction_topic:
             self._instruction_pub = self.node.create_publisher(String, self.config.instruction_topic, LATCHED)
@@ -192,9 +212,9 @@ class NodePair:
         self._wait_ready()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == f"/{POLICY}":
-                self._policy_report = status
+        report = policy_report(msg, f"/{POLICY}")
+        if report is not None:
+            self._policy_report = report
 
     def _wait_ready(self) -> None:
         """Until the bridge's services are up and the policy node is active (model loaded), so
@@ -205,7 +225,7 @@ class NodePair:
         def overdue(what: str) -> None:
             self._check_alive()
             report = self._policy_report
-            if report is not None and report.level == DiagnosticStatus.ERROR:
+            if report is not None and report.error:
                 raise RuntimeError(f"{POLICY} (domain {self.config.domain_id}) reported: {report.message}\n"
                                    f"{self.log_tails()}")
             if time.monotonic() > deadline:
@@ -253,11 +273,11 @@ class NodePair:
         self._instruction_pub.publish(String(data=text))
 
     def run_episode(self, task_suite: str, task_id: int, init_state_id: int, max_steps: int = 0,
-                    on_status: Callable[[dict[str, str]], None] | None = None,
+                    on_status: Callable[[EpisodeStatus], None] | None = None,
                     timeout_s: float | None = None) -> EpisodeRecord:
         """Reset the bridge into (task_suite, task_id, init_state_id) and wait until the episode ends.
 
-        `on_status` sees every status of the episode (values dict), in this thread.
+        `on_status` sees every status of the episode, in this thread.
         `max_steps` 0 = the suite's OpenVLA default. RuntimeError if a node dies or it times out.
         """
         started = time.monotonic()
@@ -276,17 +296,16 @@ class NodePair:
             with self._log.lock:
                 self._log.lock.wait_for(lambda: self._newer_status(previous, seen_step), timeout=1.0)
                 episode = max(self._log.latest, default=0)
-                msg = self._log.latest.get(episode) if episode > previous else None
-            if msg is not None:
-                values = status_values(msg)
-                if int(values["step"]) != seen_step:
-                    seen_step = int(values["step"])
+                reported = self._log.latest.get(episode) if episode > previous else None
+            if reported is not None:
+                if reported.status.step != seen_step:
+                    seen_step = reported.status.step
                     if on_status:
-                        on_status(values)
-                if msg.level == DiagnosticStatus.ERROR:
-                    raise RuntimeError(f"bridge error in episode {episode}: {msg.message}\n{self.log_tails()}")
-                if values.get("done") == "true":
-                    return self._record(episode, msg, time.monotonic() - started)
+                        on_status(reported.status)
+                if reported.error:
+                    raise RuntimeError(f"bridge error in episode {episode}: {reported.message}\n{self.log_tails()}")
+                if reported.status.done:
+                    return self._record(episode, reported, time.monotonic() - started)
             self._check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"episode in {task_suite}/{task_id} init {init_state_id} did not finish within "
@@ -296,20 +315,20 @@ class NodePair:
         episode = max(self._log.latest, default=0)
         if episode <= previous:
             return False
-        values = status_values(self._log.latest[episode])
-        return int(values["step"]) != seen_step or values.get("done") == "true"
+        status = self._log.latest[episode].status
+        return status.step != seen_step or status.done
 
-    def _record(self, episode: int, msg: DiagnosticStatus, wall_s: float) -> EpisodeRecord:
-        values = status_values(msg)
+    def _record(self, episode: int, reported: _Reported, wall_s: float) -> EpisodeRecord:
+        status = reported.status
         with self._log.lock:
             by_step = dict(self._log.latencies.get(episode, {}))
         video = None
         if self.config.record_video:
             from openvla_ros.sim.video import episode_video_path
 
-            video = episode_video_path(self.config.video_dir, values["task_suite"], int(values["task_id"]),
-                                       int(values["init_state_id"]), episode)
-        return EpisodeRecord(values, msg.message, [by_step[s] for s in sorted(by_step)], wall_s, video)
+            video = episode_video_path(self.config.video_dir, status.task_suite, status.task_id, status.init_state_id,
+                                       episode)
+        return EpisodeRecord(status, reported.message, [by_step[s] for s in sorted(by_step)], wall_s, video)
 
     # ----- plumbing -----
     def _parameters_request(self, **values) -> SetParameters.Request:

@@ -45,7 +45,8 @@ def plot_latency_histogram(latencies_ms: list[float], path: Path) -> Path:
         ax.hist(values, bins=bins, color="tab:blue")
         ax.set_xscale("log")
         for q, style in ((50, "--"), (90, ":")):
-            ax.axvline(np.percentile(values, q), color="black", linestyle=style, label=f"p{q} {np.percentile(values, q):.1f} ms")
+            percentile = np.percentile(values, q)
+            ax.axvline(percentile, color="black", linestyle=style, label=f"p{q} {percentile:.1f} ms")
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no steps", ha="center", va="center", transform=ax.transAxes)

@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from openvla_ros.evaluation.protocol import (INIT_STATES_PER_TASK, effective_unn
 from openvla_ros.evaluation.results import (LATENCY_PLOT, RESULTS_JSON, SUCCESS_PLOT, EpisodeResult, summarize,
                                             write_results)
 from openvla_ros.evaluation.versions import software_versions
-from openvla_ros.model_check import check_model_dir
 
 VIDEO_DIR = "videos"
 LOG_DIR = "logs"
+# EvalConfig's settings that default to the protocol's value
+PROTOCOL_DEFAULTED = ("camera_size", "center_crop_scale", "num_steps_wait", "image_preprocess", "reset_rng")
 
 
 @dataclass(frozen=True)
@@ -47,19 +48,23 @@ class EvalConfig:
     out: Path
     unnorm_key: str = ""
     workers: int = 1
-    camera_size: int = 256
-    center_crop_scale: float = 0.9
+    # The settings the protocol fixes; None: the protocol's value (evaluation/protocol.py), filled
+    # in by validate(). The nodes' own defaults (policy_params, BridgeConfig) do not apply here.
+    camera_size: int | None = None
+    center_crop_scale: float | None = None
     max_steps: int = 0  # 0: the suite's OpenVLA default
-    num_steps_wait: int = 10
-    image_preprocess: str = "openvla"
-    reset_rng: str = "openvla"
+    num_steps_wait: int | None = None
+    image_preprocess: str | None = None
+    reset_rng: str | None = None
     domain_id_base: int = 1
     record_video: bool = True
     protocol: str = "openvla"
     allow_protocol_drift: bool = False
     resume: bool = False  # skip the episodes already recorded in out/results.json
 
-    def validate(self) -> "EvalConfig":
+    def validate(self) -> EvalConfig:
+        """This config with the protocol's value for every setting left at None; ValueError (or
+        the model check's error) for a bad setting."""
         task_count = suite_task_count(self.suite)
         bad = [t for t in self.tasks if not 0 <= t < task_count]
         if not self.tasks or bad:
@@ -74,13 +79,24 @@ class EvalConfig:
                              f"out of range 0..{MAX_DOMAIN_ID}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 (0 = suite default), got {self.max_steps}")
-        if self.num_steps_wait < 0:
-            raise ValueError(f"num_steps_wait must be >= 0, got {self.num_steps_wait}")
-        check_model_dir(self.backend, self.model_dir, self.unnorm_key)
-        return self
+        protocol = protocol_settings(self.protocol, self.suite, task_count)
+        config = replace(self, **{name: protocol[name] for name in PROTOCOL_DEFAULTED if getattr(self, name) is None})
+        config.pair_config(0).validate()  # the nodes' parameters against their declarations, the model
+        return config
+
+    def pair_config(self, worker: int) -> PairConfig:
+        """Worker `worker`'s bridge + policy pair, in ROS domain domain_id_base + worker."""
+        out = Path(self.out)
+        return PairConfig(
+            backend=self.backend, model_dir=Path(self.model_dir).resolve(), domain_id=self.domain_id_base + worker,
+            log_dir=out / LOG_DIR, unnorm_key=self.unnorm_key,
+            policy_overrides={"center_crop_scale": self.center_crop_scale},
+            bridge_overrides={"camera_size": self.camera_size, "image_preprocess": self.image_preprocess,
+                              "num_steps_wait": self.num_steps_wait, "reset_rng": self.reset_rng},
+            record_video=self.record_video, video_dir=(out / VIDEO_DIR).resolve())
 
     def settings(self) -> dict:
-        """This run's value of every setting the protocol fixes."""
+        """This run's value of every setting the protocol fixes (of a validated config)."""
         from openvla_ros.sim.libero_env import MAX_STEPS
 
         return {"tasks": sorted(self.tasks), "episodes_per_task": self.episodes_per_task,
@@ -167,7 +183,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
     episode, so an interrupted run can go on with `resume`. ProtocolDriftError before anything runs
     if an official fine-tune would run off-protocol; RuntimeError if a pair failed (the episodes
     finished before the failure are still written)."""
-    config.validate()
+    config = config.validate()
     drift = config.drift()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,12 +229,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
         return summary
 
     def work(index: int) -> None:
-        pair_config = PairConfig(
-            backend=config.backend, model_dir=Path(config.model_dir).resolve(), domain_id=config.domain_id_base + index,
-            log_dir=out / LOG_DIR, unnorm_key=config.unnorm_key, camera_size=config.camera_size,
-            center_crop_scale=config.center_crop_scale, image_preprocess=config.image_preprocess,
-            num_steps_wait=config.num_steps_wait, reset_rng=config.reset_rng, record_video=config.record_video,
-            video_dir=(out / VIDEO_DIR).resolve())
+        pair_config = config.pair_config(index)
         try:
             pair = NodePair(pair_config)
             with lock:
@@ -235,9 +246,9 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
                     rss = node_rss_mb(pair)
                     result = EpisodeResult(
                         task_suite=config.suite, task_id=job.task_id, init_state_id=job.init_state_id,
-                        instruction=record.values["instruction"], success=record.success, steps=record.steps,
-                        max_steps=int(record.values["max_steps"]),
-                        actions_rejected=int(record.values["actions_rejected"]), wall_s=record.wall_s,
+                        instruction=record.status.instruction, success=record.success, steps=record.steps,
+                        max_steps=record.status.max_steps,
+                        actions_rejected=record.status.actions_rejected, wall_s=record.wall_s,
                         latency_ms=record.latencies_ms,
                         video=str(record.video.relative_to(out.resolve())) if record.video else None,
                         worker=index, domain_id=pair_config.domain_id, **rss)

@@ -8,8 +8,8 @@ outcome and both RSS values; each episode starts as soon as the previous one is 
 `~/reset`), from the task's initial states in turn.
 
 Acceptance (README, issue 13 / 17): RSS of each process grows by at most `max_growth` from the
-end of the warm-up episodes to the end (the mean of the last three episodes), zero node errors, no episode lost (every reset made one
-finished episode, numbered without gaps).
+end of the warm-up episodes to the end (the mean of the last three episodes), zero node errors, no
+episode lost (every reset made one finished episode, numbered without gaps).
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
 from openvla_ros.evaluation.memory import node_rss_mb, pair_stats
 from openvla_ros.evaluation.node_pair import BRIDGE, POLICY, NodePair, PairConfig
+from openvla_ros.nodes.policy_diagnostics import PolicyReport, policy_report
 from openvla_ros.process_stats import growth_after
 
 SOAK_JSON = "soak.json"
@@ -76,21 +77,21 @@ class _PolicyDiagnostics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, str] = {}
+        self._report = PolicyReport(DiagnosticStatus.OK, "", {})  # none received yet
 
     def on_message(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name.endswith(POLICY):
-                with self._lock:
-                    self._values = {kv.key: kv.value for kv in status.values}
+        report = policy_report(msg, f"/{POLICY}")
+        if report is not None:
+            with self._lock:
+                self._report = report
 
     def snapshot(self) -> dict:
         with self._lock:
-            values = dict(self._values)
-        snapshot: dict = {key: int(values[key]) for key in POLICY_COUNTERS if values.get(key, "").isdigit()}
+            report = self._report
+        snapshot: dict = {key: report.count(key) for key in POLICY_COUNTERS if report.count(key) is not None}
         for key in ("inference_latency_p50_ms", "inference_latency_p95_ms"):
-            snapshot[key] = float(values[key]) if values.get(key) else None
-        snapshot["state"] = values.get("state")
+            snapshot[key] = report.milliseconds(key)
+        snapshot["state"] = report.values.get("state")
         return snapshot
 
 
@@ -109,8 +110,8 @@ def run_soak(config: SoakConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pair_config = PairConfig(
         backend=config.backend, model_dir=Path(config.model_dir).resolve(), domain_id=config.domain_id,
-        log_dir=out / "logs", unnorm_key=config.unnorm_key, camera_size=config.camera_size,
-        bridge_mode=config.mode, control_rate_hz=config.control_rate_hz)
+        log_dir=out / "logs", unnorm_key=config.unnorm_key, bridge_mode=config.mode,
+        bridge_overrides={"camera_size": config.camera_size, "control_rate_hz": config.control_rate_hz})
     diagnostics = _PolicyDiagnostics()
     samples: list[dict] = []
     episodes: list[dict] = []
@@ -157,8 +158,8 @@ def _finished(config: SoakConfig, done: int, deadline: float | None) -> bool:
 def _run_one(pair: NodePair, config: SoakConfig, index: int) -> dict:
     init_state_id = index % INIT_STATES
     record = pair.run_episode(config.task_suite, config.task_id, init_state_id, config.max_steps)
-    return {"episode": int(record.values["episode"]), "init_state_id": init_state_id, "outcome": record.message,
-            "steps": record.steps, "actions_rejected": int(record.values["actions_rejected"]),
+    return {"episode": record.status.episode, "init_state_id": init_state_id, "outcome": record.message,
+            "steps": record.steps, "actions_rejected": record.status.actions_rejected,
             "wall_s": round(record.wall_s, 2),
             "action_latency_ms_mean": (round(sum(record.latencies_ms) / len(record.latencies_ms), 3)
                                        if record.latencies_ms else None),
@@ -178,7 +179,8 @@ def summarize(config: SoakConfig, samples: list[dict], episodes: list[dict], fai
         values = [ep[key] for ep in episodes if ep[key] is not None]
         ratio = growth_after(values, config.warmup_episodes)
         growth[key.replace("_rss_mb", "")] = {
-            "rss_mb_after_warmup": values[config.warmup_episodes - 1] if len(values) >= config.warmup_episodes else None,
+            "rss_mb_after_warmup": (values[config.warmup_episodes - 1] if len(values) >= config.warmup_episodes
+                                    else None),
             "rss_mb_max_after_warmup": max(values[config.warmup_episodes:]) if ratio is not None else None,
             "growth": round(ratio, 4) if ratio is not None else None}
     growth_ok = all(g["growth"] is not None and g["growth"] <= config.max_growth for g in growth.values())

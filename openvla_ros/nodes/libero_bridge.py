@@ -65,20 +65,22 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from openvla_ros.diagnostic_values import encode
 from openvla_ros.nodes.shutdown import run_node
+from openvla_ros.qos import FRAMES, LATCHED
+from openvla_ros.qos import RELIABLE as ACTIONS
 from openvla_ros.sim.action_inbox import ActionInbox, ReceivedAction, parse_action
 from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
@@ -93,11 +95,6 @@ DEFAULT_POLICY_STEP = "policy_node/step"
 STEP_RETRY_S = 0.1
 RESET_TIMEOUT_S = 300.0  # creating an env for a new task takes ~10 s here; never hang a caller forever
 
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Reliable so lockstep never loses a frame; best-effort subscribers are still compatible.
-FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-# Every action is looked at (validated, counted), so a burst must not be dropped by a short queue.
-ACTIONS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def image_msg(image: np.ndarray, stamp, frame_id: str) -> Image:
@@ -132,7 +129,7 @@ def status_msg(episode: Episode, error: str | None = None) -> DiagnosticStatus:
         name="libero_episode",
         message=error or episode.outcome,
         hardware_id=f"{episode.task_suite}/{episode.task_id}",
-        values=[KeyValue(key=k, value=v) for k, v in episode.values().items()],
+        values=encode(episode.values()),
     )
 
 

@@ -54,7 +54,6 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.task import Future
 from rclpy.time import Time
@@ -72,11 +71,8 @@ from openvla_ros.nodes.timing import timing_message
 from openvla_ros.policy import load_policy
 from openvla_ros.policy_core.core import ACTIVE, INACTIVE, Outcome, PolicyCore
 from openvla_ros.policy_protocol import Policy
-
-SENSOR_DATA = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,
-                         durability=DurabilityPolicy.VOLATILE)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-OUTPUTS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+from openvla_ros.qos import LATCHED, SENSOR_DATA
+from openvla_ros.qos import RELIABLE as OUTPUTS
 
 
 class PolicyNode(LifecycleNode):

@@ -108,8 +108,7 @@ def launch_overrides(arguments: dict[str, str]) -> dict[str, Any]:
         spec = PARAMS[name]
         try:
             value = _parse_text(text, type(spec.default))
-            _check_range(spec, value)
-            check_value(name, value)
+            _check_typed(name, value)
         except ValueError as exc:
             raise ValueError(f"launch argument {name}:={text}: {exc}") from None
         overrides[name] = value
@@ -129,7 +128,35 @@ def _parse_text(text: str, kind: type) -> Any:
         raise ValueError("expected an integer" if kind is int else "expected a number") from None
 
 
+def _check_typed(name: str, value: Any) -> None:
+    """A value of the declared type: its range, and what the descriptors cannot express."""
+    _check_range(PARAMS[name], value)
+    check_value(name, value)
+
+
 def _check_range(spec: ParamSpec, value: Any) -> None:
     bounds = spec.float_range or spec.int_range
     if bounds and not bounds[0] <= value <= bounds[1]:
         raise ValueError(f"expected a value in [{bounds[0]}, {bounds[1]}]")
+
+
+def checked_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Typed parameter overrides (e.g. an evaluation's), checked like launch arguments: ValueError
+    naming the parameter for an undeclared name, a value of another type, or one out of range.
+    Integers given for float parameters become floats (a node refuses an int for a double)."""
+    checked = {}
+    for name, value in values.items():
+        if name not in PARAMS:
+            raise ValueError(f"policy parameter {name!r} is not declared; expected one of {sorted(PARAMS)}")
+        spec = PARAMS[name]
+        kind = type(spec.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ValueError(f"policy parameter {name}={value!r}: expected a {kind.__name__}")
+        try:
+            _check_typed(name, value)
+        except ValueError as exc:
+            raise ValueError(f"policy parameter {name}={value!r}: {exc}") from None
+        checked[name] = value
+    return checked

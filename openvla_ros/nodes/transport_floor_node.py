@@ -20,10 +20,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from openvla_ros.actions import POSE_LABELS
 from openvla_ros.nodes.image_conversion import image_to_rgb
-from openvla_ros.nodes.policy_node import OUTPUTS, SENSOR_DATA
 from openvla_ros.nodes.policy_params import PARAMS
 from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.nodes.timing import timing_message
+from openvla_ros.qos import RELIABLE, SENSOR_DATA
 
 MAX_IMAGE_PIXELS = PARAMS["max_image_pixels"].default  # the policy node's default limit
 
@@ -31,8 +31,8 @@ MAX_IMAGE_PIXELS = PARAMS["max_image_pixels"].default  # the policy node's defau
 class TransportFloorNode(Node):
     def __init__(self) -> None:
         super().__init__("transport_floor")
-        self._action_pub = self.create_publisher(JointTrajectory, "action", OUTPUTS)
-        self._timing_pub = self.create_publisher(DiagnosticArray, "~/timing", OUTPUTS)
+        self._action_pub = self.create_publisher(JointTrajectory, "action", RELIABLE)
+        self._timing_pub = self.create_publisher(DiagnosticArray, "~/timing", RELIABLE)
         self.create_subscription(Image, "image", self._on_image, SENSOR_DATA)
 
     def _on_image(self, msg: Image) -> None:

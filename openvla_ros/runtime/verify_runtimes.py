@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
+from openvla_ros.processing import DEFAULT_INSTRUCTION
+
 DEFAULT_MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9}
 
 

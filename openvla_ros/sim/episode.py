@@ -1,7 +1,9 @@
 """Episode bookkeeping shared by the bridge node and evaluation: step count, success, the end
-condition and the key/value summary the bridge publishes as its episode status."""
+condition, the key/value summary the bridge publishes as its episode status (`Episode.values`) and
+that summary decoded for its readers (`EpisodeStatus`)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -55,3 +57,51 @@ class Episode:
             "action_latency_ms": f"{1000.0 * latencies[-1]:.3f}" if latencies else "",
             "action_latency_ms_mean": f"{1000.0 * sum(latencies) / len(latencies):.3f}" if latencies else "",
         }
+
+
+@dataclass(frozen=True)
+class EpisodeStatus:
+    """An episode status as its readers see it: `Episode.values()` decoded."""
+
+    episode: int
+    task_suite: str
+    task_id: int
+    init_state_id: int
+    step: int
+    max_steps: int
+    success: bool
+    done: bool
+    instruction: str
+    actions_rejected: int
+    action_latency_ms: float | None  # None for a step without a latency of its own
+    action_latency_ms_mean: float | None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str]) -> EpisodeStatus:
+        """ValueError naming the key when a value is missing or not what `Episode.values` writes."""
+        def text(key: str) -> str:
+            if key not in values:
+                raise ValueError(f"episode status has no {key!r} value; keys: {sorted(values)}")
+            return values[key]
+
+        def number(key: str, kind: type):
+            value = text(key)
+            try:
+                return kind(value)
+            except ValueError:
+                raise ValueError(f"episode status {key}={value!r}: expected {kind.__name__}") from None
+
+        def flag(key: str) -> bool:
+            if text(key) not in ("true", "false"):
+                raise ValueError(f"episode status {key}={values[key]!r}: expected true or false")
+            return values[key] == "true"
+
+        def milliseconds(key: str) -> float | None:
+            return number(key, float) if text(key) else None
+
+        return cls(episode=number("episode", int), task_suite=text("task_suite"), task_id=number("task_id", int),
+                   init_state_id=number("init_state_id", int), step=number("step", int),
+                   max_steps=number("max_steps", int), success=flag("success"), done=flag("done"),
+                   instruction=text("instruction"), actions_rejected=number("actions_rejected", int),
+                   action_latency_ms=milliseconds("action_latency_ms"),
+                   action_latency_ms_mean=milliseconds("action_latency_ms_mean"))

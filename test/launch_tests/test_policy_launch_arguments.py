@@ -56,7 +56,8 @@ def generate_test_description():
 
 class TestArguments(unittest.TestCase):
     def test_every_declared_argument_is_exercised(self, arguments) -> None:
-        source = PythonLaunchDescriptionSource(str(installed_launch_file("policy.launch.py"))).try_get_launch_description_without_context()
+        source = PythonLaunchDescriptionSource(
+            str(installed_launch_file("policy.launch.py"))).try_get_launch_description_without_context()
         declared = {e.name for e in source.entities if isinstance(e, DeclareLaunchArgument)}
         self.assertEqual(set(arguments), declared)
 

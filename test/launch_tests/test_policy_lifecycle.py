@@ -58,7 +58,8 @@ class TestLifecycle(unittest.TestCase):
         try:
             for transition, _, answer in CLI_TRANSITIONS:
                 result = ros2_on_node("lifecycle", "set", NODE, transition)
-                self.assertIn("Transitioning successful", result.stdout, f"{transition}: {result.stdout}{result.stderr}")
+                self.assertIn("Transitioning successful", result.stdout,
+                              f"{transition}: {result.stdout}{result.stderr}")
                 if answer:
                     # After `configure` the node stays inactive: the launch file's activate handler ran once.
                     self.assertEqual(lifecycle_state(NODE), answer, transition)

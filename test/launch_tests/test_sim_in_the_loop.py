@@ -18,7 +18,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from launch import LaunchDescription
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -27,12 +26,13 @@ from installed_launch import include_installed
 from openvla_ros.actions import POSE_LABELS
 from openvla_ros.demo.closed_loop import DEMO_INSTRUCTION_TOPIC
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
+from openvla_ros.diagnostic_values import decode
+from openvla_ros.qos import LATCHED
 
 MAX_STEPS = 8  # short: enough for the rise to show, cheap in every test run
 INSTRUCTION = "move the gripper up"
 # A guard against a hung loop, not a speed requirement (model and simulator load first).
 EPISODE_TIMEOUT_S = 600.0
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @pytest.mark.launch_test
@@ -63,8 +63,7 @@ class TestClosedLoop(unittest.TestCase):
         positions: list[tuple[float, float, float]] = []
         actions: list[JointTrajectory] = []
         self.node.create_subscription(DiagnosticStatus, "episode_status",
-                                      lambda m: status.update({kv.key: kv.value for kv in m.values},
-                                                              message=m.message), LATCHED)
+                                      lambda m: status.update(decode(m), message=m.message), LATCHED)
         self.node.create_subscription(PoseStamped, "ee_pose", lambda m: positions.append(
             (m.pose.position.x, m.pose.position.y, m.pose.position.z)), 10)
         self.node.create_subscription(JointTrajectory, "action", actions.append, 10)

@@ -72,6 +72,9 @@ class CheckpointTensors:
     def names(self) -> list[str]:
         return list(self._where)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name][2]
+
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor `name`, converted to `dtype` when given (one transient copy of this tensor only)."""
         path, stored, shape, start, nbytes = self._where[name]

@@ -21,7 +21,7 @@ endif
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup apt test test-loaded demo bench soak bench-eval-memory tf-check clean-models help
+.PHONY: setup apt test test-loaded demo bench bench-export soak bench-eval-memory tf-check clean-models help
 
 help:
 	@echo "make demo   - set up, build the demo model once, run bridge + policy node in LIBERO sim"
@@ -30,6 +30,7 @@ help:
 	@echo "make setup  - create $(VENV) with ROS 2 wheels, ML deps and the simulator"
 	@echo "make bench  - backend benchmark (JSON) on a generated small checkpoint"
 	@echo "              with ../shared/ros2_launch: setup also colcon-builds install/ (ros2 launch/run)"
+	@echo "make bench-export - peak RSS of an fp16 export at OpenVLA-7B's widths, 2 LLM layers (JSON, ~3 GB disk)"
 	@echo "make tf-check - OpenVLA's LIBERO image path against TensorFlow itself (own venv, ~300 MB once)"
 	@echo "make soak   - 30-minute closed-loop soak with the demo model (JSON + PNG)"
 	@echo "make bench-eval-memory - 100 LIBERO episodes on 2 workers must stay under 8 GB in total"
@@ -78,6 +79,12 @@ demo: setup
 bench: setup
 	$(PY) -m openvla_ros.cli make-tiny --size small --out models/small --skip-if-exists
 	$(PY) -m openvla_ros.cli bench --checkpoint models/small --out models/small/bench.json
+
+# Export memory: bytes of peak RSS per parameter must stay <= 2.5 (<= 19 GB for the 7.5 B of OpenVLA-7B).
+bench-export: setup
+	$(PY) -m openvla_ros.cli make-tiny --size 7b-widths --llm-layers 2 --out models/7b-widths-2l --skip-if-exists
+	$(PY) -m openvla_ros.cli bench-export --checkpoint models/7b-widths-2l --dtype fp16 \
+		--out models/7b-widths-2l/bench-export.json --max-bytes-per-parameter 2.5
 
 # TensorFlow only serves as the reference for the image path (openvla_ros/tf_image.py); it lives in
 # its own venv, made once, so neither the project venv nor CI downloads it.

@@ -21,6 +21,13 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Checkpoint tensors the forward pass never reads: SigLIP's attention-pool head and the final
+# norms after the last block (OpenVLA takes the second-to-last block's output).
+UNUSED_KEY_PREFIXES = (
+    "vision_backbone.fused_featurizer.attn_pool.",
+    "vision_backbone.featurizer.norm.",
+    "vision_backbone.fused_featurizer.norm.",
+)
 
 # Full dims of the timm ViT families OpenVLA uses: (embed_dim, depth, num_heads, mlp_ratio).
 VIT_FAMILIES: dict[str, tuple[int, int, int, float]] = {

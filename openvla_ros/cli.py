@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert-om": ("convert_om", "convert exported ONNX graphs to Ascend .om files with ATC"),
     "bench": ("bench", "benchmark the backends on one checkpoint (JSON)"),
     "bench-node": ("bench_node", "benchmark the policy node end to end over DDS (JSON)"),
+    "bench-export": ("bench_export", "measure the peak memory of export on one checkpoint (JSON)"),
     "dds-profile": ("dds_profile", "write a Fast DDS profile for camera frames over 512 KiB"),
     "make-demo": ("make_demo", "train and export the demo model that follows simple instructions"),
     "run-demo": ("run_demo", "run the demo model in closed loop with the LIBERO bridge"),

@@ -17,7 +17,7 @@
 # The ATC flags used, and why (ATC tool guide, "Command-line Options"; the reference recipe
 # hicann/cann-recipes-embodied-intelligence manipulation/openvla/infer_with_om/convert_onnx_to_om.sh
 # converts the same graphs the same way):
-#   --model=./GRAPH.onnx   atc runs from inside the export directory: graphs over 1 GiB keep their
+#   --model=./GRAPH.onnx   atc runs from inside the export directory: graphs over 64 MiB keep their
 #                          weights in GRAPH.onnx.data, referenced by a path relative to the graph,
 #                          which ATC's ONNX parser resolves against its working directory (the
 #                          recipe does the same for that reason)

@@ -239,7 +239,7 @@ def test_traced_shape_arithmetic_is_folded(tmp_path):
 
 
 def test_large_graphs_keep_weights_in_one_side_file(llama, patches, reference, tmp_path, monkeypatch):
-    """Above the size threshold (1 GiB; lowered here) weights go to `<graph>.onnx.data`, which
+    """Above the size threshold (64 MiB; lowered here) weights go to `<graph>.onnx.data`, which
     ONNX Runtime (and ATC) read from next to the graph."""
     import openvla_ros.export.onnx_graph as onnx_graph
 

@@ -290,7 +290,7 @@ def test_hash_progress_reads_the_whole_file_in_chunks(tmp_path):
 
 
 def test_recorded_side_file_is_checked_with_a_progress_bar(tiny_onnx_export, tmp_path, capsys):
-    # Graphs over 1 GiB keep their weights in `<graph>.onnx.data`; export records it like any file.
+    # Graphs over 64 MiB keep their weights in `<graph>.onnx.data`; export records it like any file.
     export = _copy(tiny_onnx_export, tmp_path)
     data = export / "vla_prefill.onnx.data"
     data.write_bytes(os.urandom(65 << 20))

@@ -8,8 +8,11 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
-    parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
-                        help="tiny: for tests; small: LLM 256 x 4 layers, ViTs 128 x 6 blocks, for benchmarks")
+    parser.add_argument("--size", choices=("tiny", "small", "7b-widths"), default="tiny",
+                        help="tiny: for tests; small: LLM 256 x 4 layers, ViTs 128 x 6 blocks, for benchmarks; "
+                             "7b-widths: OpenVLA-7B's real widths in bfloat16, for export memory (with --llm-layers)")
+    parser.add_argument("--llm-layers", type=int,
+                        help="number of LLM layers instead of the size's own (7b-widths has 32, ~15 GB)")
     parser.add_argument("--skip-if-exists", action="store_true",
                         help="do nothing when --out already holds a checkpoint")
     oft = parser.add_argument_group("OpenVLA-OFT", "write an OFT checkpoint (action head + proprio projector files)")
@@ -24,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_if_exists and (args.out / "config.json").is_file() and (args.out / "model.safetensors").is_file():
         print(f"{args.out} already holds a checkpoint; skipped")
         return 0
+    if args.oft and args.llm_layers is not None:
+        raise SystemExit("--llm-layers applies to OpenVLA checkpoints only; leave it out with --oft")
     if args.oft:
         from openvla_ros.model.tiny_oft import write_tiny_oft_checkpoint
 
@@ -34,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from openvla_ros.model.tiny import write_tiny_checkpoint
 
-    out = write_tiny_checkpoint(args.out, seed=args.seed, size=args.size)
-    print(f"wrote a {args.size} OpenVLA checkpoint (seed {args.seed}) to {out}")
+    out = write_tiny_checkpoint(args.out, seed=args.seed, size=args.size, llm_layers=args.llm_layers)
+    layers = "" if args.llm_layers is None else f", {args.llm_layers} LLM layers"
+    print(f"wrote a {args.size} OpenVLA checkpoint (seed {args.seed}{layers}) to {out}")
     return 0

@@ -15,10 +15,12 @@ trailing 29871); pass 31 to reproduce the reference exactly.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -26,6 +28,7 @@ from openvla_ros.actions import ActionDecoder
 from openvla_ros.export.llama_graphs import DecoderGraph, EmbeddingGraph, PrefillGraph
 from openvla_ros.export.onnx_graph import OPSET, check_graph, export_module
 from openvla_ros.model_files import record_files
+from openvla_ros.safetensors_stream import CheckpointTensors
 from openvla_ros.runtime.manifest import (
     DTYPES,
     GRAPH_NAMES,
@@ -80,9 +83,13 @@ def export_onnx(
     actions = ActionDecoder(config.norm_stats, config.text_vocab_size, config.pad_to_multiple_of, config.n_action_bins)
     action_dim = max(actions.action_dim(key) for key in config.norm_stats)  # the KV cache fits every key
     images = ImageProcessor.from_pretrained(checkpoint_dir)
-    model = OpenVLA.from_pretrained(checkpoint_dir, dtype=TORCH_DTYPES[dtype])
+    tensors = CheckpointTensors(checkpoint_dir)
+    model = OpenVLA.skeleton(config, TORCH_DTYPES[dtype])
+    model.check_official_shapes({name: tensors.shape(name) for name in tensors.names()})
     pixel_values = torch.zeros(1, images.channels, *images.input_hw, dtype=TORCH_DTYPES[dtype])
-    layout, graphs = _graph_modules(model, pixel_values, max_text_tokens, action_dim, config.pad_token_id)
+    layout = SequenceLayout(num_patches=config.vision[0].num_patches, max_text_tokens=max_text_tokens,
+                            action_dim=action_dim)
+    graphs = _graph_modules(model, tensors, TORCH_DTYPES[dtype], pixel_values, layout, config.pad_token_id)
     specs = write_graphs(graphs, GRAPH_NAMES, out_dir, say)
     copied = copy_processor_files(checkpoint_dir, out_dir)
     manifest = Manifest(
@@ -117,12 +124,18 @@ def check_export_arguments(dtype: str, max_text_tokens: int) -> None:
         raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
 
 
-def write_graphs(graphs: dict, names: tuple[str, ...], out_dir: Path, say: Progress) -> dict[str, GraphSpec]:
-    """Export and check each graph of `names` (name -> (module, args, input names, output names))."""
+def write_graphs(graphs: Iterable[tuple[str, tuple]], names: tuple[str, ...], out_dir: Path,
+                 say: Progress) -> dict[str, GraphSpec]:
+    """Export and check each graph of `graphs`, (name, (module, args, input names, output names))
+    pairs in the order of `names`. Each pair is dropped before the next is asked for, so a lazy
+    `graphs` can free one graph's weights before it loads the next one's."""
     out_dir.mkdir(parents=True, exist_ok=True)
     specs: dict[str, GraphSpec] = {}
-    for i, name in enumerate(names, 1):
-        module, args, input_names, output_names = graphs[name]
+    for i, (name, graph) in enumerate(graphs, 1):
+        if i > len(names) or name != names[i - 1]:
+            raise ValueError(f"graph {i} is {name!r}; expected the order {list(names)}")
+        module, args, input_names, output_names = graph
+        del graph
         t0 = time.perf_counter()
         say(f"[export] [{i}/{len(names)}] {name}: tracing and writing {name}.onnx ...")
         path = out_dir / f"{name}.onnx"
@@ -131,6 +144,9 @@ def write_graphs(graphs: dict, names: tuple[str, ...], out_dir: Path, say: Progr
         specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs)
         say(f"[export] [{i}/{len(names)}] {name}: {report.nbytes / 1e6:.1f} MB, "
             f"{len(report.op_types)} op types, checked, {time.perf_counter() - t0:.1f} s")
+        del module, args
+    if len(specs) != len(names):
+        raise ValueError(f"exported {sorted(specs)}; expected {list(names)}")
     return specs
 
 
@@ -152,31 +168,54 @@ def copy_processor_files(checkpoint_dir: Path, out_dir: Path) -> tuple[str, ...]
     return copied
 
 
-def _graph_modules(model: torch.nn.Module, pixel_values: torch.Tensor, max_text_tokens: int, action_dim: int,
-                   pad_id: int) -> tuple[SequenceLayout, dict]:
-    """The static layout, and graph name -> (module, example args, input names, output names)."""
-    lm = model.language_model
+def _graph_modules(model: torch.nn.Module, tensors: CheckpointTensors, dtype: torch.dtype,
+                   pixel_values: torch.Tensor, layout: SequenceLayout, pad_id: int) -> Iterator[tuple[str, tuple]]:
+    """(graph name, (module, example args, input names, output names)) one graph at a time, with only
+    the weights that graph reads loaded (in the export dtype): the vision backbone's, the
+    projector's, then the language model's for the last three."""
     with torch.no_grad():
+        model.load_weights(tensors, "vision_backbone.", dtype)
         patch_features = model.vision_backbone(pixel_values)
+        if patch_features.shape[1] != layout.num_patches:
+            raise ValueError(f"the vision backbone gives {patch_features.shape[1]} patches; config.json "
+                             f"implies {layout.num_patches}")
+        yield "vision_backbone", (model.vision_backbone, (pixel_values,), ["pixel_values"], ["patch_features"])
+        model.release_weights("vision_backbone.")
+        _return_freed_memory()
+        model.load_weights(tensors, "projector.", dtype)
         patch_embeds = model.projector(patch_features)
-    layout = SequenceLayout(num_patches=int(patch_features.shape[1]), max_text_tokens=max_text_tokens,
-                            action_dim=action_dim)
-    input_ids = torch.full((1, 1 + max_text_tokens), pad_id, dtype=torch.long)
-    attention_mask = torch.ones(1, layout.length, dtype=torch.long)
-    position_ids = torch.arange(layout.length)[None]
-    embedding = EmbeddingGraph(lm)
-    prefill = PrefillGraph(lm, layout.length, layout.kv_capacity)
-    decoder = DecoderGraph(lm, layout.kv_capacity)
-    with torch.no_grad():
+        yield "projector", (model.projector, (patch_features,), ["patch_features"], ["patch_embeds"])
+        model.release_weights("projector.")
+        _return_freed_memory()
+        model.load_weights(tensors, "language_model.", dtype)
+        lm = model.language_model
+        input_ids = torch.full((1, 1 + layout.max_text_tokens), pad_id, dtype=torch.long)
+        attention_mask = torch.ones(1, layout.length, dtype=torch.long)
+        position_ids = torch.arange(layout.length)[None]
+        embedding = EmbeddingGraph(lm)
         token_embeds = embedding(input_ids)
+        yield "embedding", (embedding, (input_ids,), ["input_ids"], ["token_embeds"])
+        prefill = PrefillGraph(lm, layout.length, layout.kv_capacity)
         _, next_token, present_kv = prefill(token_embeds, patch_embeds, attention_mask, position_ids)
-    return layout, {
-        "vision_backbone": (model.vision_backbone, (pixel_values,), ["pixel_values"], ["patch_features"]),
-        "projector": (model.projector, (patch_features,), ["patch_features"], ["patch_embeds"]),
-        "embedding": (embedding, (input_ids,), ["input_ids"], ["token_embeds"]),
-        "vla_prefill": (prefill, (token_embeds, patch_embeds, attention_mask, position_ids),
-                        ["token_embeds", "patch_embeds", "attention_mask", "position_ids"],
-                        ["logits", "next_token", "present_kv"]),
-        "vla_decoder": (decoder, (next_token, torch.tensor([layout.length]), present_kv),
-                        ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"]),
-    }
+        yield "vla_prefill", (prefill, (token_embeds, patch_embeds, attention_mask, position_ids),
+                              ["token_embeds", "patch_embeds", "attention_mask", "position_ids"],
+                              ["logits", "next_token", "present_kv"])
+        yield "vla_decoder", (DecoderGraph(lm, layout.kv_capacity), (next_token, torch.tensor([layout.length]), present_kv),
+                              ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"])
+        # The graph wrappers hold the language model's parameters too; drop them before releasing.
+        del embedding, prefill, lm
+        model.release_weights("language_model.")
+        _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed weights' pages back to the system before the next graph loads its own.
+
+    glibc keeps tensors under its (adaptive, up to 32 MiB) mmap threshold on the heap, and free
+    heap pages stay resident: without this, the vision backbone's ~1.4 GB would still count
+    while the language model's weights load. `malloc_trim` releases them (a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

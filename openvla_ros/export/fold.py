@@ -35,7 +35,18 @@ def _constant_node(name: str, value: np.ndarray) -> onnx.NodeProto:
 
 def fold_static_shapes(model: onnx.ModelProto, base_dir: str = "") -> onnx.ModelProto:
     """Return `model` with static `Shape` ops and the constant arithmetic on them folded;
-    `base_dir` is where weights stored as external data live."""
+    `base_dir` is where weights stored as external data live.
+
+    Repeated until nothing changes: a shape computed by unfolded arithmetic (a `Reshape` to a
+    computed shape) is only known to shape inference once that arithmetic is folded."""
+    while True:
+        before = len(model.graph.node)
+        model = _fold_once(model, base_dir)
+        if len(model.graph.node) == before:
+            return model
+
+
+def _fold_once(model: onnx.ModelProto, base_dir: str) -> onnx.ModelProto:
     shapes = _static_shapes(model)
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     known: dict[str, np.ndarray] = {

@@ -113,7 +113,7 @@ def export_oft_onnx(
         action_hidden = llm(*pass_args)
     graphs["action_head"] = (model.action_head, (action_hidden,), ["action_hidden"], ["normalized_actions"])
     names = graph_names_of("oft", chunk_layout)
-    specs = write_graphs(graphs, names, out_dir, say)
+    specs = write_graphs(((name, graphs[name]) for name in names), names, out_dir, say)
     copied = copy_processor_files(checkpoint_dir, out_dir)
     manifest = Manifest(
         directory=out_dir,

@@ -20,12 +20,15 @@ import onnx
 import torch
 
 from openvla_ros.export.fold import fold_static_shapes
+from openvla_ros.export.onnx_weights import stream_weights
 from openvla_ros.runtime.manifest import TensorSpec
 
 OPSET = 14  # what the reference Ascend conversion uses; ATC accepts opsets up to 17
 MAX_OPSET = 17
-# Models above protobuf's 2 GiB limit keep their weights in one side file per graph.
-EXTERNAL_DATA_THRESHOLD = 1 << 30
+# Graphs with more weight bytes than this keep them in one side file `<graph>.onnx.data` (a must
+# above protobuf's 2 GiB limit): loading and checking such a graph then never reads its weights.
+EXTERNAL_DATA_THRESHOLD = 64 << 20
+INLINE_TENSOR_BYTES = 1024
 
 ATC_OPS = frozenset({
     "Add", "And", "ArgMax", "Cast", "Concat", "Constant", "Conv", "Div", "Equal", "Erf", "Expand",
@@ -57,12 +60,14 @@ def export_module(
     output_names: Sequence[str],
     opset: int = OPSET,
 ) -> None:
-    """Export `module(*args)` to `path` with static shapes and folded shape arithmetic; weights of
-    graphs above 1 GiB go to one side file `<path>.data`."""
+    """Export `module(*args)` to `path` with static shapes and folded shape arithmetic; the weights
+    of graphs above `EXTERNAL_DATA_THRESHOLD` go to one side file `<path>.data`.
+
+    Traced without weights (see export/onnx_weights.py), which are then streamed from `module` one
+    tensor at a time: the export holds no serialized copy of a large graph's weights."""
     if opset > MAX_OPSET:
         raise ValueError(f"opset {opset} is above {MAX_OPSET}, the newest ATC accepts")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Traced into a scratch directory: above 2 GiB the exporter writes one file per weight there.
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         traced = Path(scratch) / path.name
         with warnings.catch_warnings(), torch.no_grad():
@@ -71,14 +76,27 @@ def export_module(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, args, str(traced), dynamo=False, opset_version=opset,
-                input_names=list(input_names), output_names=list(output_names), do_constant_folding=True,
+                input_names=list(input_names), output_names=list(output_names),
+                export_params=False, do_constant_folding=False,
             )
-        # Folded while the weights stay on disk: shape inference cannot take a >2 GiB in-memory proto.
-        model = fold_static_shapes(onnx.load(str(traced), load_external_data=False), base_dir=scratch)
-        onnx.load_external_data_for_model(model, scratch)
-        large = sum(f.stat().st_size for f in Path(scratch).iterdir()) > EXTERNAL_DATA_THRESHOLD
-    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+        model = fold_static_shapes(onnx.load(str(traced)))
+        data = Path(scratch) / (path.name + ".data")
+        if stream_weights(model, module, data) > EXTERNAL_DATA_THRESHOLD:
+            _inline_small_tensors(model, scratch)
+            data.replace(path.parent / data.name)
+        else:
+            onnx.load_external_data_for_model(model, scratch)
+    onnx.save_model(model, str(path))
+
+
+def _inline_small_tensors(model: onnx.ModelProto, base_dir: str) -> None:
+    """Keep tensors under 1 KiB in the graph itself (as onnx's own external-data save does)."""
+    for tensor in model.graph.initializer:
+        length = int(next(e.value for e in tensor.external_data if e.key == "length"))
+        if length < INLINE_TENSOR_BYTES:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, base_dir)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _static_dims(value: onnx.ValueInfoProto, where: str) -> tuple[int, ...]:

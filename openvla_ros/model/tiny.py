@@ -11,17 +11,18 @@ greedy decoding lands on action tokens.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from openvla_ros.checkpoint import OpenVLAConfig
 from openvla_ros.model.openvla import OpenVLA
 from openvla_ros.processing import SPACE_TOKEN
+from openvla_ros.safetensors_stream import write_safetensors
 
 TIMM_IDS = ("vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224")
 IMAGE_SIZE = 224
@@ -42,6 +43,7 @@ class TinySize:
     llm_intermediate: int
     vits: tuple[dict, dict]
     text_vocab: int  # unpadded, before <PAD>
+    dtype: str = "float32"  # the weights' dtype in model.safetensors (and config.json's torch_dtype)
 
 
 SIZES: dict[str, TinySize] = {
@@ -49,6 +51,11 @@ SIZES: dict[str, TinySize] = {
                                     {"embed_dim": 24, "depth": 3, "num_heads": 2, "mlp_ratio": 2.0}), 1024),
     "small": TinySize(256, 4, 4, 688, ({"embed_dim": 128, "depth": 6, "num_heads": 4, "mlp_ratio": 4.0},
                                        {"embed_dim": 128, "depth": 6, "num_heads": 4, "mlp_ratio": 4.0}), 32000),
+    # OpenVLA-7B's real widths (Llama-2-7B, DINOv2 ViT-L/14, SigLIP so400m/14) in bfloat16 like the
+    # official release; its 32 LLM layers are usually cut down (`llm_layers`) to measure the export.
+    "7b-widths": TinySize(4096, 32, 32, 11008, ({"embed_dim": 1024, "depth": 24, "num_heads": 16, "mlp_ratio": 4.0},
+                                               {"embed_dim": 1152, "depth": 27, "num_heads": 16,
+                                                "mlp_ratio": 3.7362}), 32000, "bfloat16"),
 }
 
 # Training text for the tokenizer: the prompt template and LIBERO-style instructions.
@@ -158,12 +165,12 @@ def _model_config(size: TinySize, padded_vocab: int, pad_id: int) -> dict:
         "text_config": {
             "hidden_size": size.llm_hidden, "intermediate_size": size.llm_intermediate, "model_type": "llama",
             "num_attention_heads": size.llm_heads, "num_hidden_layers": size.llm_layers,
-            "num_key_value_heads": size.llm_heads, "pad_token_id": pad_id, "torch_dtype": "float32",
+            "num_key_value_heads": size.llm_heads, "pad_token_id": pad_id, "torch_dtype": size.dtype,
             "vocab_size": padded_vocab,
         },
         "timm_model_ids": list(TIMM_IDS),
         "timm_override_act_layers": [None, None],
-        "torch_dtype": "float32",
+        "torch_dtype": size.dtype,
         "transformers_version": "4.40.1",
         "use_fused_vision_backbone": True,
         "vision_backbone_id": "dinosiglip-vit-so-224px",
@@ -171,12 +178,12 @@ def _model_config(size: TinySize, padded_vocab: int, pad_id: int) -> dict:
     }
 
 
-def _random_weights(model: OpenVLA, seed: int, action_ids: slice) -> dict[str, torch.Tensor]:
-    """Seeded weights scaled to keep activations O(1): N(0, 1/fan_in) matrices, norms near 1."""
+def _random_weights(shapes: dict[str, tuple[int, ...]], seed: int, action_ids: slice, dtype: torch.dtype):
+    """Seeded weights scaled to keep activations O(1): N(0, 1/fan_in) matrices, norms near 1;
+    yields (name, tensor) one at a time in name order."""
     generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, param in sorted(model.state_dict().items()):
-        noise = torch.randn(param.shape, generator=generator)
+    for name, shape in sorted(shapes.items()):
+        noise = torch.randn(shape, generator=generator)
         if name.endswith("scale_factor"):
             value = 0.5 + 0.25 * noise.abs()
         elif "norm" in name and name.endswith("weight"):
@@ -186,15 +193,14 @@ def _random_weights(model: OpenVLA, seed: int, action_ids: slice) -> dict[str, t
         elif name.endswith(("cls_token", "reg_token", "pos_embed", "embed_tokens.weight")):
             value = noise
         else:
-            value = noise / float(np.sqrt(np.prod(param.shape[1:])))
-        state[name] = value.contiguous()
-    state["language_model.lm_head.weight"][action_ids] *= ACTION_LOGIT_BOOST
-    return state
+            value = noise / float(np.sqrt(np.prod(shape[1:])))
+        if name == "language_model.lm_head.weight":
+            value[action_ids] *= ACTION_LOGIT_BOOST
+        yield name, value.to(dtype).contiguous()
 
 
-def unused_head_tensors(config: OpenVLAConfig, seed: int) -> dict[str, torch.Tensor]:
+def unused_head_shapes(config: OpenVLAConfig) -> dict[str, tuple[int, ...]]:
     """Tensors official checkpoints carry but the forward pass skips (final norms, SigLIP's attn pool)."""
-    generator = torch.Generator().manual_seed(seed + 1)
     dino, siglip = config.vision
     width, hidden = siglip.embed_dim, siglip.mlp_hidden
     shapes = {
@@ -206,14 +212,25 @@ def unused_head_tensors(config: OpenVLAConfig, seed: int) -> dict[str, torch.Ten
             "norm.bias": (width,), "mlp.fc1.weight": (hidden, width), "mlp.fc1.bias": (hidden,),
             "mlp.fc2.weight": (width, hidden), "mlp.fc2.bias": (width,)}
     shapes.update({f"vision_backbone.fused_featurizer.attn_pool.{k}": v for k, v in pool.items()})
-    return {name: 0.1 * torch.randn(shape, generator=generator) for name, shape in sorted(shapes.items())}
+    return shapes
 
 
-def write_tiny_checkpoint(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write a random OpenVLA checkpoint of `size` ("tiny" for tests, "small" for benchmarks) to `out`."""
+def _unused_head_tensors(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype):
+    generator = torch.Generator().manual_seed(seed + 1)
+    for name, shape in sorted(shapes.items()):
+        yield name, (0.1 * torch.randn(shape, generator=generator)).to(dtype)
+
+
+def write_tiny_checkpoint(out: str | Path, seed: int = 0, size: str = "tiny", llm_layers: int | None = None) -> Path:
+    """Write a random OpenVLA checkpoint of `size` ("tiny" for tests, "small" for benchmarks, "7b-widths"
+    for export memory) to `out`; `llm_layers` replaces the size's number of LLM layers."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     dims = SIZES[size]
+    if llm_layers is not None:
+        if llm_layers < 1:
+            raise ValueError(f"llm_layers must be >= 1, got {llm_layers}")
+        dims = replace(dims, llm_layers=llm_layers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(dims.text_vocab)
@@ -221,10 +238,16 @@ def write_tiny_checkpoint(out: str | Path, seed: int = 0, size: str = "tiny") ->
     padded_vocab = -(-tokenizer.get_vocab_size() // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
     raw_config = _model_config(dims, padded_vocab, pad_id)
     config = OpenVLAConfig.from_dict(raw_config)
-    model = OpenVLA(config)
+    with torch.device("meta"):  # shapes only: the weights are generated and written one at a time
+        shapes = {name: tuple(t.shape) for name, t in OpenVLA(config).state_dict().items()}
+    unused = unused_head_shapes(config)
     action_ids = slice(dims.text_vocab - N_ACTION_BINS, dims.text_vocab)
-    state = {**_random_weights(model, seed, action_ids), **unused_head_tensors(config, seed)}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    dtype = getattr(torch, dims.dtype)
+    specs = {name: (dtype, shape) for name, shape in [*sorted(shapes.items()), *sorted(unused.items())]}
+    write_safetensors(out / "model.safetensors", specs,
+                      lambda: chain(_random_weights(shapes, seed, action_ids, dtype),
+                                    _unused_head_tensors(unused, seed, dtype)),
+                      metadata={"format": "pt"})
     _write_json(out / "config.json", raw_config)
     _write_json(out / "preprocessor_config.json", _preprocessor_config())
     _write_json(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": tokenizer.token_to_id("<s>"),

@@ -1,14 +1,14 @@
-"""`export_onnx`: an OpenVLA checkpoint -> five static-shape ONNX graphs + manifest.json + processor files.
+"""`export_onnx`: an OpenVLA checkpoint -> three ONNX graphs + manifest.json + processor files.
 
 Graphs (I/O names as in the manifest; D = dtype float, L = 1 + patches + max_text_tokens,
 C = L + largest action dim, KV = [layers, 2, 1, kv_heads, C, head_dim]):
 - vision_backbone: pixel_values D[1, 6, H, W] -> patch_features D[1, P, Dv]
 - projector:       patch_features -> patch_embeds D[1, P, hidden]
-- embedding:       input_ids int64[1, 1 + max_text_tokens] -> token_embeds D[1, 1 + max_text_tokens, hidden]
-- vla_prefill:     token_embeds, patch_embeds, attention_mask int64[1, L], position_ids int64[1, L]
-                   -> logits D[1, V], next_token int64[1, 1], present_kv D KV
-- vla_decoder:     token int64[1, 1], cache_position int64[1], past_kv D KV
-                   -> logits D[1, V], next_token int64[1, 1], present_kv D KV
+- vla_llm:         input_ids int64[1, S], patch_embeds, attention_mask int64[1, S], position_ids int64[1, S],
+                   past_kv D KV -> logits D[1, V], next_token int64[1, 1], present_kv D KV
+                   with S = L (prefill) or 1 (a decode step): the graph's one dynamic axis, two shape
+                   gears, so prefill and decode share one copy of the LLM weights (see LlmGraph).
+The vision graphs are static.
 `max_text_tokens` defaults to 40 (L = 297 for 256 patches): the reference layout's 31 (L = 288) is
 too short for the longest LIBERO prompts (libero_spatial 35, libero_10 37 text tokens with the
 trailing 29871); pass 31 to reproduce the reference exactly.
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from openvla_ros.actions import ActionDecoder
-from openvla_ros.export.llama_graphs import DecoderGraph, EmbeddingGraph, PrefillGraph
+from openvla_ros.export.llama_graphs import LlmGraph
 from openvla_ros.export.onnx_graph import OPSET, check_graph, export_module
 from openvla_ros.model_files import record_files
 from openvla_ros.runtime.manifest import (
@@ -36,6 +36,8 @@ from openvla_ros.runtime.manifest import (
 )
 
 DEFAULT_MAX_TEXT_TOKENS = 40
+LLM_INPUTS = ("input_ids", "patch_embeds", "attention_mask", "position_ids", "past_kv")
+LLM_SEQUENCE_INPUTS = ("input_ids", "attention_mask", "position_ids")  # axis 1 is S
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Copied next to the manifest: what the torch-free processor, tokenizer and action decoder read.
 PROCESSOR_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -122,13 +124,16 @@ def write_graphs(graphs: dict, names: tuple[str, ...], out_dir: Path, say: Progr
     out_dir.mkdir(parents=True, exist_ok=True)
     specs: dict[str, GraphSpec] = {}
     for i, name in enumerate(names, 1):
-        module, args, input_names, output_names = graphs[name]
+        # (module, args, input names, output names[, (sequence inputs, sequence gears)])
+        module, args, input_names, output_names, *gears = graphs[name]
+        sequence_inputs, sequence_gears = gears[0] if gears else ((), ())
         t0 = time.perf_counter()
         say(f"[export] [{i}/{len(names)}] {name}: tracing and writing {name}.onnx ...")
         path = out_dir / f"{name}.onnx"
-        export_module(module, args, path, input_names, output_names)
-        report = check_graph(path)
-        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs)
+        export_module(module, args, path, input_names, output_names, sequence_inputs=sequence_inputs)
+        report = check_graph(path, sequence_gears)
+        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs, report.sequence_inputs,
+                                tuple(sequence_gears))
         say(f"[export] [{i}/{len(names)}] {name}: {report.nbytes / 1e6:.1f} MB, "
             f"{len(report.op_types)} op types, checked, {time.perf_counter() - t0:.1f} s")
     return specs
@@ -154,29 +159,23 @@ def copy_processor_files(checkpoint_dir: Path, out_dir: Path) -> tuple[str, ...]
 
 def _graph_modules(model: torch.nn.Module, pixel_values: torch.Tensor, max_text_tokens: int, action_dim: int,
                    pad_id: int) -> tuple[SequenceLayout, dict]:
-    """The static layout, and graph name -> (module, example args, input names, output names)."""
-    lm = model.language_model
+    """The static layout, and graph name -> (module, example args, input names, output names[,
+    (sequence inputs, sequence gears)])."""
     with torch.no_grad():
         patch_features = model.vision_backbone(pixel_values)
         patch_embeds = model.projector(patch_features)
     layout = SequenceLayout(num_patches=int(patch_features.shape[1]), max_text_tokens=max_text_tokens,
                             action_dim=action_dim)
-    input_ids = torch.full((1, 1 + max_text_tokens), pad_id, dtype=torch.long)
+    llm = LlmGraph(model.language_model, layout.num_patches, layout.kv_capacity)
+    # Traced at the prefill gear; the decode gear (1) is the same graph with S = 1.
+    input_ids = torch.full((1, layout.length), pad_id, dtype=torch.long)
     attention_mask = torch.ones(1, layout.length, dtype=torch.long)
     position_ids = torch.arange(layout.length)[None]
-    embedding = EmbeddingGraph(lm)
-    prefill = PrefillGraph(lm, layout.length, layout.kv_capacity)
-    decoder = DecoderGraph(lm, layout.kv_capacity)
-    with torch.no_grad():
-        token_embeds = embedding(input_ids)
-        _, next_token, present_kv = prefill(token_embeds, patch_embeds, attention_mask, position_ids)
+    past_kv = torch.zeros(llm.kv_shape(), dtype=patch_embeds.dtype)
     return layout, {
         "vision_backbone": (model.vision_backbone, (pixel_values,), ["pixel_values"], ["patch_features"]),
         "projector": (model.projector, (patch_features,), ["patch_features"], ["patch_embeds"]),
-        "embedding": (embedding, (input_ids,), ["input_ids"], ["token_embeds"]),
-        "vla_prefill": (prefill, (token_embeds, patch_embeds, attention_mask, position_ids),
-                        ["token_embeds", "patch_embeds", "attention_mask", "position_ids"],
-                        ["logits", "next_token", "present_kv"]),
-        "vla_decoder": (decoder, (next_token, torch.tensor([layout.length]), present_kv),
-                        ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"]),
+        "vla_llm": (llm, (input_ids, patch_embeds, attention_mask, position_ids, past_kv),
+                    list(LLM_INPUTS), ["logits", "next_token", "present_kv"],
+                    (LLM_SEQUENCE_INPUTS, layout.sequence_gears)),
     }

@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from openvla_ros.export.fold import fold_static_shapes
-from openvla_ros.runtime.manifest import TensorSpec
+from openvla_ros.runtime.manifest import SEQUENCE_AXIS, TensorSpec
 
 OPSET = 14  # what the reference Ascend conversion uses; ATC accepts opsets up to 17
 MAX_OPSET = 17
@@ -34,7 +34,6 @@ ATC_OPS = frozenset({
     "Sub", "Tanh", "Transpose", "Unsqueeze", "Where", "Reciprocal",
     "Relu",  # OpenVLA-OFT's action head
 })
-SEQUENCE_AXIS = "sequence"  # the one symbolic dim a graph with shape gears declares
 _ELEM_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                   onnx.TensorProto.INT64: "int64"}
 

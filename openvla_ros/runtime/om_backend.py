@@ -1,4 +1,4 @@
-"""Ascend OM backend: the five `.om` graphs executed with pyACL on a 310P NPU.
+"""Ascend OM backend: the `.om` graphs executed with pyACL on a 310P NPU.
 
 Deliberately thin: it only maps the `GraphRuntime` calls onto pyACL. Buffers are device memory
 (`acl.rt.malloc`) wrapped in aclDataBuffers; `run` binds them into aclmdlDatasets in the order the

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+DECODE_PREFIX = "vla_llm.decode."  # captured outputs of the decode steps (pipeline.DECODE_STAGE)
 DEFAULT_INSTRUCTION = "pick up the black bowl and place it on the plate"
 DEFAULT_MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9}
 
@@ -61,7 +62,7 @@ def graph_diffs(expected: dict[str, np.ndarray], captured: dict[str, np.ndarray]
     outputs only when the token sequences agree (otherwise the decoders were fed different tokens)."""
     diffs = {}
     for key, want in expected.items():
-        if key.startswith("vla_decoder.") and not tokens_match:
+        if key.startswith(DECODE_PREFIX) and not tokens_match:
             continue
         diffs[key] = output_diff(captured[key], want)
         per_output.setdefault(key, []).append(diffs[key])

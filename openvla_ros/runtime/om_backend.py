@@ -103,7 +103,8 @@ class AclGraphs(GraphRuntime):
         self._models: dict[str, tuple[int, Any]] = {}  # graph -> (model id, model desc)
         # graph -> (input names, output names) in the model description's index order
         self._io_order: dict[str, tuple[list[str], list[str]]] = {}
-        self._dims_inputs: dict[str, tuple[int, int]] = {}  # geared graph -> (dims input index, its size)
+        # geared graph -> (dims input index, its size, the sequence inputs in --input_shape order)
+        self._dims_inputs: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._allocations: list[tuple[int, Any]] = []  # (device pointer, aclDataBuffer)
         self._datasets: dict[tuple, tuple[Any, Any]] = {}  # binding key -> (input, output) datasets
         self._closed = False
@@ -148,8 +149,9 @@ class AclGraphs(GraphRuntime):
         _check_described(path, "output", outputs, spec.outputs)
         self._io_order[spec.name] = ([name for name, _, _ in inputs], [name for name, _, _ in outputs])
 
-    def _check_gears(self, spec: GraphSpec, path: Path, desc: Any) -> tuple[int, int]:
-        """The dims input's (index, size) of a geared model; ValueError unless it has the manifest's gears."""
+    def _check_gears(self, spec: GraphSpec, path: Path, desc: Any) -> tuple[int, int, tuple[str, ...]]:
+        """The dims input's (index, size) and the sequence inputs of a geared model; ValueError unless
+        it has the manifest's gears."""
         acl = self._acl
         index, ret = acl.mdl.get_input_index_by_name(desc, DYNAMIC_DIMS_INPUT)
         if ret != 0:
@@ -160,7 +162,7 @@ class AclGraphs(GraphRuntime):
         if count != len(spec.sequence_gears):
             raise ValueError(f"{path}: the OM model has {count} shape gears, the manifest's {spec.name!r} has "
                              f"{len(spec.sequence_gears)} ({list(spec.sequence_gears)}); {CONVERT_REMEDY}")
-        return index, acl.mdl.get_input_size_by_index(desc, index)
+        return index, acl.mdl.get_input_size_by_index(desc, index), spec.sequence_inputs
 
     def _allocate(self, spec: TensorSpec) -> Any:
         self._bind_thread()
@@ -203,8 +205,7 @@ class AclGraphs(GraphRuntime):
             self._datasets[key] = (self._dataset(ordered_in), self._dataset(ordered_out))
         in_ds, out_ds = self._datasets[key]
         if dims_input is not None:
-            geared = self._graphs[spec.name]
-            dims = [d for name in geared.sequence_inputs for d in spec.input(name).shape]
+            dims = [d for name in dims_input[2] for d in spec.input(name).shape]
             _check(self._acl.mdl.set_input_dynamic_dims(model_id, in_ds, dims_input[0],
                                                         {"dimCount": len(dims), "name": "", "dims": dims}),
                    f"acl.mdl.set_input_dynamic_dims({spec.name}, {dims})")

@@ -170,7 +170,7 @@ def ensure_demo_model() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx_export(tiny_checkpoint, tmp_path_factory) -> Path:
-    """`tiny_checkpoint` exported to the five ONNX graphs + manifest (fp32, default layout)."""
+    """`tiny_checkpoint` exported to the ONNX graphs + manifest (fp32, default layout)."""
     from openvla_ros.export import export_onnx
 
     return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("tiny_onnx") / "export", progress=None)
@@ -186,7 +186,7 @@ def tiny_oft_onnx_export(tiny_oft_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_onnx_export(small_checkpoint, tmp_path_factory) -> Path:
-    """`small_checkpoint` exported to the five ONNX graphs + manifest (fp32, default layout)."""
+    """`small_checkpoint` exported to the ONNX graphs + manifest (fp32, default layout)."""
     from openvla_ros.export import export_onnx
 
     return export_onnx(small_checkpoint, tmp_path_factory.mktemp("small_onnx") / "export", progress=None)

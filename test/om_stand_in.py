@@ -1,7 +1,9 @@
 """Convert an export with the real `scripts/convert_onnx_to_om.sh` and a stand-in `atc` that writes
 the pyACL double's stand-in `.om` files (see pyacl_double.py). The stand-in resolves `--model`
 against its working directory, so a conversion that does not run atc from the graph's folder
-produces OM files naming graphs that do not exist, and loading them fails."""
+produces OM files naming graphs that do not exist, and loading them fails. It records the shape
+gears (`--input_shape`, `--dynamic_dims`, `--input_format`) and, like ATC, refuses inconsistent
+ones (the conversion then fails)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +18,8 @@ import sys
 sys.path.insert(0, {str(TEST_DIR)!r})
 from pyacl_double import write_om_stand_in
 args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-write_om_stand_in(args["--model"], args["--output"] + ".om")
+write_om_stand_in(args["--model"], args["--output"] + ".om", args.get("--input_shape"),
+                  args.get("--dynamic_dims"), args.get("--input_format"))
 """
 
 

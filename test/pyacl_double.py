@@ -46,9 +46,25 @@ Sources (CANN pyACL / AscendCL API reference; aclpythondevg_01_* are the pyACL p
   or a data buffer is destroyed while a live dataset holds it.
 
 Device memory starts filled with 0xFF bytes (NaN as float, -1 as int64), so reading a buffer that
-was never written shows up. Dynamic-dims (shape gears) calls are not implemented yet; they would
-select a gear per dataset (`set_input_dynamic_dims`) and change the shapes `_OmModel.execute`
-reads, nothing else.
+was never written shows up.
+
+Dynamic dims (ATC shape gears), sources: ATC `--dynamic_dims` (atlasatc_16_0054 / atlasatcparam_16_0020:
+used with `--input_shape`, -1 marking each dynamic dim, and `--input_format=ND`; gears separated by
+";", one value per -1 in `--input_shape` order; at least 2 and at most 100 gears); pyACL
+"dynamic batch/resolution/dims" flow (aclpythondevg_0046 / 0129; aclcppdevg_000115): the OM model
+gains one extra input named "ascend_mbatch_shape_data"; its index comes from
+`index, ret = acl.mdl.get_input_index_by_name(desc, name)` (aclpythondevg_01_0210), its size from
+`get_input_size_by_index`; the application allocates it, adds it to the input dataset and never
+writes it: `ret = acl.mdl.set_input_dynamic_dims(model_id, dataset, index, dims)`
+(aclpythondevg_01_0159) fills it, with `dims = {'dimCount': n, 'name': '', 'dims': [...]}` the full
+shapes of the dynamic inputs concatenated, which must be one of the gears;
+`gear_count, ret = acl.mdl.get_input_dynamic_gear_count(desc, -1)` (aclpythondevg_01_0216; index
+reserved, fixed to -1). The double's choices where the documents say nothing: the extra input is the
+last one, int64, one element per dim of a gear; the description reports the dynamic inputs at the
+largest gear (the docs advise allocating from `get_input_size_by_index` to be large enough for any
+gear); a data buffer of a dynamic input must hold at least the selected gear's bytes; executing a
+geared model on a dataset whose dims were never set, or set to a non-gear, answers
+ACL_ERROR_INVALID_PARAM.
 """
 from __future__ import annotations
 
@@ -80,14 +96,42 @@ ACL_DATA_TYPES = {"tensor(float)": (0, np.float32), "tensor(float16)": (1, np.fl
                   "tensor(int32)": (3, np.int32), "tensor(int64)": (9, np.int64), "tensor(bool)": (12, np.bool_)}
 
 OM_FORMAT = "pyacl-double-om"
+DYNAMIC_DIMS_INPUT = "ascend_mbatch_shape_data"  # ACL_DYNAMIC_TENSOR_NAME
+MAX_GEARS = 100
 DEVICE_BASE = 1 << 60  # far above any host address, so a pointer's side is unambiguous
 
 
-def write_om_stand_in(onnx_path: str | Path, om_path: str | Path) -> Path:
-    """Write the double's stand-in for an `.om` file: the ONNX graph it executes."""
+def write_om_stand_in(onnx_path: str | Path, om_path: str | Path, input_shape: str | None = None,
+                      dynamic_dims: str | None = None, input_format: str | None = None) -> Path:
+    """Write the double's stand-in for an `.om` file: the ONNX graph it executes and, for a model
+    converted with shape gears, the gears; ValueError where ATC would refuse the options."""
+    gears = parse_gears(input_shape, dynamic_dims, input_format) if dynamic_dims is not None else None
     om_path = Path(om_path)
-    om_path.write_text(json.dumps({"format": OM_FORMAT, "onnx": str(Path(onnx_path).resolve())}) + "\n")
+    om_path.write_text(json.dumps({"format": OM_FORMAT, "onnx": str(Path(onnx_path).resolve()),
+                                   **({"gears": gears} if gears else {})}) + "\n")
     return om_path
+
+
+def parse_gears(input_shape: str | None, dynamic_dims: str, input_format: str | None) -> list[dict[str, list[int]]]:
+    """`--input_shape` + `--dynamic_dims` -> one {input name: full shape} per gear, as ATC reads them."""
+    if not input_shape or input_format != "ND":
+        raise ValueError("--dynamic_dims needs --input_shape and --input_format=ND")
+    shapes = []
+    for item in input_shape.split(";"):
+        name, _, dims = item.rpartition(":")
+        shapes.append((name, [int(d) for d in dims.split(",")]))
+    dynamic = sum(d == -1 for _, dims in shapes for d in dims)
+    gears = [[int(v) for v in gear.split(",")] for gear in dynamic_dims.split(";")]
+    if not 1 < len(gears) <= MAX_GEARS:
+        raise ValueError(f"--dynamic_dims: {len(gears)} gears; ATC takes 2..{MAX_GEARS}")
+    if dynamic == 0 or any(len(g) != dynamic or min(g) < 1 for g in gears):
+        raise ValueError(f"--dynamic_dims {dynamic_dims!r}: each gear needs {dynamic} positive values, "
+                         f"one per -1 in --input_shape {input_shape!r}")
+    result = []
+    for gear in gears:
+        values = iter(gear)
+        result.append({name: [next(values) if d == -1 else d for d in dims] for name, dims in shapes})
+    return result
 
 
 @dataclass(frozen=True)
@@ -106,18 +150,48 @@ class _IO:
 class _OmModel:
     path: str
     session: Any
-    inputs: list[_IO]
+    inputs: list[_IO]  # as described: dynamic inputs at the largest gear, then the dims input if geared
     outputs: list[_IO]
     context: int
+    gears: list[dict[str, list[int]]] = field(default_factory=list)  # input name -> full shape, per gear
+
+    @property
+    def dims_index(self) -> int | None:
+        return len(self.inputs) - 1 if self.gears else None
+
+    def gear_of(self, dims: list[int]) -> dict[str, list[int]] | None:
+        """The gear whose concatenated dynamic-input shapes are `dims`."""
+        for gear in self.gears:
+            if [d for shape in gear.values() for d in shape] == list(dims):
+                return gear
+        return None
 
 
-def _described(args: list[Any]) -> list[_IO]:
+def _geared(ios: list[_IO], gears: list[dict[str, list[int]]]) -> list[_IO]:
+    """The model description of a geared model: each dynamic input at its largest gear, plus the
+    dims input (int64, one element per dim of a gear)."""
+    if not gears:
+        return ios
+    largest = {name: max((tuple(g[name]) for g in gears), key=lambda s: int(np.prod(s))) for name in gears[0]}
+    unknown = sorted(set(largest) - {io.name for io in ios})
+    if unknown:
+        raise ValueError(f"--input_shape names inputs the graph does not have: {unknown}")
+    described = [_IO(io.name, io.acl_dtype, io.np_dtype, largest.get(io.name, io.shape)) for io in ios]
+    dim_count = sum(len(shape) for shape in gears[0].values())
+    return described + [_IO(DYNAMIC_DIMS_INPUT, ACL_DATA_TYPES["tensor(int64)"][0], np.int64, (dim_count,))]
+
+
+def _described(args: list[Any], gears: list[dict[str, list[int]]] | None = None) -> list[_IO]:
+    """ONNX Runtime's declared inputs/outputs as ATC would describe them; a dim the graph leaves
+    symbolic must be fixed by the gears (ATC refuses a dynamic input it was given no shape for)."""
+    fixed = gears[0] if gears else {}
     ios = []
     for a in args:
-        if a.type not in ACL_DATA_TYPES or not all(isinstance(d, int) for d in a.shape):
+        shape = tuple(fixed.get(a.name, a.shape))
+        if a.type not in ACL_DATA_TYPES or not all(isinstance(d, int) for d in shape):
             raise ValueError(f"{a.name}: {a.type}{a.shape} is not a static shape of a supported type")
         code, np_dtype = ACL_DATA_TYPES[a.type]
-        ios.append(_IO(a.name, code, np_dtype, tuple(a.shape)))
+        ios.append(_IO(a.name, code, np_dtype, shape))
     return ios
 
 
@@ -132,6 +206,7 @@ class _State:
     datasets: dict[int, list[int]] = field(default_factory=dict)  # handle -> data buffer handles
     models: dict[int, _OmModel] = field(default_factory=dict)
     descs: dict[int, int | None] = field(default_factory=dict)  # desc -> model id (None until get_desc)
+    dataset_dims: dict[int, list[int]] = field(default_factory=dict)  # input dataset -> dims set on it
 
 
 class PyAclDouble:
@@ -372,8 +447,9 @@ class _Mdl:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = 1
                 session = ort.InferenceSession(stand_in["onnx"], options, providers=["CPUExecutionProvider"])
-                model = _OmModel(path, session, _described(session.get_inputs()),
-                                 _described(session.get_outputs()), acl.current_context())
+                gears = stand_in.get("gears", [])
+                model = _OmModel(path, session, _geared(_described(session.get_inputs(), gears), gears),
+                                 _described(session.get_outputs()), acl.current_context(), gears)
             except (ValueError, KeyError, OSError, RuntimeError) as exc:
                 acl.violations.append(f"load_from_file({path}): {exc}")
                 return 0, ACL_ERROR_PARSE_FILE
@@ -460,6 +536,52 @@ class _Mdl:
     def get_output_size_by_index(self, desc: int, index: int) -> int:
         return self._field(desc, index, True, "size", 0)
 
+    def get_input_index_by_name(self, desc: int, name: str) -> tuple[int, int]:
+        acl = self._acl
+        with acl._lock:
+            ret = acl._enter("acl.mdl.get_input_index_by_name")
+            if ret != ACL_SUCCESS:
+                return 0, ret
+            names = [io.name for io in self._ios(desc, False)]
+            if name not in names:
+                return 0, ACL_ERROR_INVALID_PARAM
+            return names.index(name), ACL_SUCCESS
+
+    def get_input_dynamic_gear_count(self, desc: int, index: int) -> tuple[int, int]:
+        acl = self._acl
+        with acl._lock:
+            ret = acl._enter("acl.mdl.get_input_dynamic_gear_count")
+            if ret != ACL_SUCCESS:
+                return 0, ret
+            model_id = acl.state.descs.get(desc)
+            if index != -1 or model_id not in acl.state.models:  # index is reserved, fixed to -1
+                return 0, ACL_ERROR_INVALID_PARAM
+            return len(acl.state.models[model_id].gears), ACL_SUCCESS
+
+    def set_input_dynamic_dims(self, model_id: int, dataset: int, index: int, dims: dict) -> int:
+        acl = self._acl
+        with acl._lock:
+            ret = acl._needs_context("acl.mdl.set_input_dynamic_dims")
+            if ret != ACL_SUCCESS:
+                return ret
+            model = acl.state.models.get(model_id)
+            members = acl.state.datasets.get(dataset)
+            if model is None or members is None or model.dims_index is None or index != model.dims_index:
+                return ACL_ERROR_INVALID_PARAM
+            if not isinstance(dims, dict) or set(dims) != {"dimCount", "name", "dims"} \
+                    or dims["dimCount"] != len(dims["dims"]) or model.gear_of(list(dims["dims"])) is None:
+                return ACL_ERROR_INVALID_PARAM  # not one of the gears the model was converted with
+            if len(members) <= index or members[index] not in acl.state.data_buffers:
+                return ACL_ERROR_INVALID_PARAM  # the dims input's buffer must be in the dataset first
+            ptr, size = acl.state.data_buffers[members[index]]
+            target = acl._device_range(ptr, size)
+            values = np.asarray(dims["dims"], dtype=np.int64)
+            if target is None or size != values.nbytes:
+                return ACL_ERROR_INVALID_PARAM
+            target[:] = values.view(np.uint8)  # "the system fills that memory"
+            acl.state.dataset_dims[dataset] = list(dims["dims"])
+            return ACL_SUCCESS
+
     def create_dataset(self) -> int:
         acl = self._acl
         with acl._lock:
@@ -488,6 +610,7 @@ class _Mdl:
                 return ret
             if acl.state.datasets.pop(dataset, None) is None:
                 return ACL_ERROR_INVALID_PARAM
+            acl.state.dataset_dims.pop(dataset, None)
             return ACL_SUCCESS
 
     def execute(self, model_id: int, input_dataset: int, output_dataset: int) -> int:
@@ -501,12 +624,19 @@ class _Mdl:
                 return ACL_ERROR_INVALID_PARAM
             if model.context != acl.current_context():
                 return ACL_ERROR_RT_MODEL_CONTEXT
-            bound_in = self._bound(input_dataset, model.inputs)
-            bound_out = self._bound(output_dataset, model.outputs)
+            inputs = model.inputs
+            if model.gears:
+                gear = model.gear_of(acl.state.dataset_dims.get(input_dataset, []))
+                if gear is None:
+                    acl.violations.append(f"execute({Path(model.path).stem}) without set_input_dynamic_dims on its dataset")
+                    return ACL_ERROR_INVALID_PARAM
+                inputs = [_IO(io.name, io.acl_dtype, io.np_dtype, tuple(gear.get(io.name, io.shape))) for io in inputs]
+            bound_in = self._bound(input_dataset, inputs, model.inputs)
+            bound_out = self._bound(output_dataset, model.outputs, model.outputs)
             if bound_in is None or bound_out is None:
                 return ACL_ERROR_INVALID_PARAM
             feeds = {io.name: np.frombuffer(mem.tobytes(), dtype=io.np_dtype).reshape(io.shape)
-                     for io, mem in zip(model.inputs, bound_in)}
+                     for io, mem in zip(inputs, bound_in) if io.name != DYNAMIC_DIMS_INPUT}
             try:
                 results = model.session.run([io.name for io in model.outputs], feeds)
             except Exception as exc:  # noqa: BLE001 - a device-side failure is an error code, never an exception
@@ -517,20 +647,21 @@ class _Mdl:
             acl.executions[Path(model.path).stem] += 1
             return ACL_SUCCESS
 
-    def _bound(self, dataset: int, ios: list[_IO]) -> list[np.ndarray] | None:
-        """The device bytes of each data buffer in `dataset`, one per model input/output, each of
-        exactly the described size; None if the dataset does not fit the model."""
+    def _bound(self, dataset: int, ios: list[_IO], described: list[_IO]) -> list[np.ndarray] | None:
+        """The device bytes of each data buffer in `dataset`, one per model input/output (`ios`: at
+        the selected gear), each holding at least the gear's bytes and at most the described size
+        (exactly the described size for a static tensor); None if the dataset does not fit."""
         acl = self._acl
         members = acl.state.datasets.get(dataset)
         if members is None or len(members) != len(ios):
             return None
         views = []
-        for data_buffer, io in zip(members, ios):
+        for data_buffer, io, full in zip(members, ios, described):
             if data_buffer not in acl.state.data_buffers:
                 return None
             ptr, size = acl.state.data_buffers[data_buffer]
             view = acl._device_range(ptr, size)
-            if view is None or size != io.size:
+            if view is None or not io.size <= size <= full.size or (io.shape == full.shape and size != full.size):
                 return None
-            views.append(view)
+            views.append(view[: io.size])
         return views

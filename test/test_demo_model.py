@@ -146,3 +146,18 @@ def test_built_demo_model_decodes_every_instruction_on_held_out_frames(demo_mode
     assert report["loss"]["last"] < report["loss"]["first"]
     assert (demo_model / "onnx" / "manifest.json").is_file()
     assert (demo_model / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_a_demo_exported_in_the_two_graph_layout_counts_as_not_built(tmp_path):
+    """`make-demo --skip-if-exists` rebuilds a demo whose export predates the shared LLM graph
+    (it would no longer load)."""
+    from openvla_ros.demo.build import demo_paths, is_built
+
+    paths = demo_paths(tmp_path)
+    paths["onnx"].mkdir(parents=True)
+    assert not is_built(tmp_path)
+    paths["report"].write_text("{}")
+    for graphs, built in ((["vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder"], False),
+                          (["vision_backbone", "projector", "vla_llm"], True)):
+        (paths["onnx"] / "manifest.json").write_text(json.dumps({"graphs": dict.fromkeys(graphs, {})}))
+        assert is_built(tmp_path) is built

@@ -1,6 +1,7 @@
-"""The export-friendly Llama prefill/decoder graphs against transformers' LlamaForCausalLM: same
-logits, tokens and KV cache in torch and after ONNX export in ONNX Runtime, padding never read,
-and the graph checker rejecting what ATC would not take."""
+"""The export-friendly shared LLM graph (prefill and decode in one graph, two sequence gears)
+against transformers' LlamaForCausalLM: same logits, tokens and KV cache in torch and after ONNX
+export in ONNX Runtime, padding and unwritten cache slots never read, and the graph checker
+rejecting what ATC would not take."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,14 +12,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from openvla_ros.export.llama_graphs import DecoderGraph, PrefillGraph
+from openvla_ros.export.llama_graphs import LlmGraph
 from openvla_ros.export.onnx_graph import check_graph, export_module
 
 PATCHES, TEXT, STEPS, HIDDEN = 8, 6, 4, 64
 LENGTH = 1 + PATCHES + TEXT
 CAPACITY = LENGTH + STEPS
-PREFILL_INPUTS = ["token_embeds", "patch_embeds", "attention_mask", "position_ids"]
-DECODER_INPUTS = ["token", "cache_position", "past_kv"]
+GEARS = (LENGTH, 1)
+LLM_INPUTS = ["input_ids", "patch_embeds", "attention_mask", "position_ids", "past_kv"]
+SEQUENCE_INPUTS = ["input_ids", "attention_mask", "position_ids"]
+OUTPUTS = ["logits", "next_token", "present_kv"]
 PROMPT = [1, 17, 99, 4, 250]  # BOS + 4 text tokens
 PAD = 0
 
@@ -38,17 +41,21 @@ def patches() -> torch.Tensor:
     return torch.randn(1, PATCHES, HIDDEN, generator=torch.Generator().manual_seed(1))
 
 
-def _prefill_inputs(llama, patches, pad_value: float | None = None):
-    ids = torch.full((1, 1 + TEXT), PAD, dtype=torch.long)
-    ids[0, : len(PROMPT)] = torch.tensor(PROMPT)
-    with torch.no_grad():
-        token_embeds = llama.model.embed_tokens(ids)
-    if pad_value is not None:  # garbage in the padded text slots must not change anything
-        token_embeds[0, len(PROMPT):] = pad_value
+def _prefill_inputs(patches, pad_id: int = PAD):
+    """The prefill gear's (input_ids, patch_embeds, attention_mask, position_ids) and n real positions:
+    BOS, pad ids where the patches go, the text, pads."""
+    ids = torch.full((1, LENGTH), pad_id, dtype=torch.long)
+    ids[0, 0] = PROMPT[0]
+    ids[0, 1 + PATCHES: PATCHES + len(PROMPT)] = torch.tensor(PROMPT[1:])
     n = PATCHES + len(PROMPT)
     mask = torch.zeros(1, LENGTH, dtype=torch.long)
     mask[0, :n] = 1
-    return (token_embeds, patches, mask, torch.arange(LENGTH)[None]), n
+    return (ids, patches, mask, torch.arange(LENGTH)[None]), n
+
+
+def _kv(dtype=torch.float32, fill: float = float("nan")) -> torch.Tensor:
+    """A fresh cache buffer: NaN, as device memory nobody wrote may hold."""
+    return torch.full((2, 2, 1, 2, CAPACITY, HIDDEN // 4), fill, dtype=dtype)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +78,15 @@ def reference(llama, patches):
     return {"logits": torch.stack(logits).numpy(), "tokens": tokens, "keys": keys.numpy(), "values": values.numpy()}
 
 
-def _greedy(prefill, decoder, inputs, n):
-    """Run prefill + decoder callables (torch modules or ORT wrappers) the way the runtime does."""
-    logits, token, kv = prefill(*inputs)
-    as_position = torch.tensor if isinstance(token, torch.Tensor) else np.array
+def _greedy(llm, inputs, n, kv):
+    """Run the LLM graph (a torch module or an ORT wrapper) the way the runtime does: the prefill
+    gear, then decode steps at gear 1 feeding next_token and present_kv back."""
+    ids, patches, mask, positions = inputs
+    logits, token, kv = llm(ids, patches, mask, positions, kv)
+    as_array = torch.tensor if isinstance(token, torch.Tensor) else np.array
     all_logits, tokens = [np.asarray(logits)[0]], [int(np.asarray(token).reshape(-1)[0])]
     for step in range(STEPS - 1):
-        logits, token, kv = decoder(token, as_position([n + step]), kv)
+        logits, token, kv = llm(token, patches, as_array([[1]]), as_array([[n + step]]), kv)
         all_logits.append(np.asarray(logits)[0])
         tokens.append(int(np.asarray(token).reshape(-1)[0]))
     return np.stack(all_logits), tokens, np.asarray(kv)
@@ -91,29 +100,24 @@ def _assert_matches_reference(logits, tokens, kv, n, reference, atol):
     np.testing.assert_allclose(kv[:, 1, 0, :, :filled], reference["values"], atol=atol, rtol=0)
 
 
-def test_torch_graphs_match_transformers(llama, patches, reference):
-    inputs, n = _prefill_inputs(llama, patches)
-    prefill, decoder = PrefillGraph(llama, LENGTH, CAPACITY), DecoderGraph(llama, CAPACITY)
+def test_torch_graph_matches_transformers(llama, patches, reference):
+    inputs, n = _prefill_inputs(patches)
     with torch.no_grad():
-        logits, tokens, kv = _greedy(prefill, decoder, inputs, n)
+        logits, tokens, kv = _greedy(LlmGraph(llama, PATCHES, CAPACITY), inputs, n, _kv())
     _assert_matches_reference(logits, tokens, kv, n, reference, atol=1e-5)
 
 
+def _export_llm(llama, patches, path: Path, dtype=torch.float32) -> None:
+    inputs, _ = _prefill_inputs(patches.to(dtype))
+    export_module(LlmGraph(llama, PATCHES, CAPACITY), (*inputs, _kv(dtype, 0.0)), path, LLM_INPUTS, OUTPUTS,
+                  sequence_inputs=SEQUENCE_INPUTS)
+
+
 @pytest.fixture(scope="module")
-def onnx_graphs(llama, patches, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llama_onnx")
-    _export_graphs(llama, *_prefill_inputs(llama, patches), out / "vla_prefill.onnx", out / "vla_decoder.onnx")
-    return out
-
-
-def _export_graphs(llama, inputs, n, prefill_path: Path, decoder_path: Path) -> None:
-    """Export the prefill graph, and the decoder graph traced with the prefill's outputs."""
-    prefill, decoder = PrefillGraph(llama, LENGTH, CAPACITY), DecoderGraph(llama, CAPACITY)
-    with torch.no_grad():
-        _, token, kv = prefill(*inputs)
-    export_module(prefill, inputs, prefill_path, PREFILL_INPUTS, ["logits", "next_token", "present_kv"])
-    export_module(decoder, (token, torch.tensor([n]), kv), decoder_path, DECODER_INPUTS,
-                  ["logits", "next_token", "present_kv"])
+def onnx_graph(llama, patches, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("llama_onnx") / "vla_llm.onnx"
+    _export_llm(llama, patches, path)
+    return path
 
 
 def _ort(path: Path, names: list[str]):
@@ -121,71 +125,69 @@ def _ort(path: Path, names: list[str]):
     return lambda *args: session.run(None, {k: np.asarray(v) for k, v in zip(names, args)})
 
 
-def test_onnx_graphs_are_static_and_atc_compatible(onnx_graphs):
-    prefill = check_graph(onnx_graphs / "vla_prefill.onnx")
-    decoder = check_graph(onnx_graphs / "vla_decoder.onnx")
+def test_onnx_graph_has_one_sequence_axis_and_is_atc_compatible(onnx_graph):
+    report = check_graph(onnx_graph, GEARS)
     kv_shape = (2, 2, 1, 2, CAPACITY, HIDDEN // 4)
-    assert [(s.name, s.shape, s.dtype) for s in prefill.inputs] == [
-        ("token_embeds", (1, 1 + TEXT, HIDDEN), "float32"), ("patch_embeds", (1, PATCHES, HIDDEN), "float32"),
-        ("attention_mask", (1, LENGTH), "int64"), ("position_ids", (1, LENGTH), "int64")]
-    assert [(s.name, s.shape) for s in prefill.outputs] == [("logits", (1, 320)), ("next_token", (1, 1)), ("present_kv", kv_shape)]
-    assert [(s.name, s.shape) for s in decoder.inputs] == [("token", (1, 1)), ("cache_position", (1,)), ("past_kv", kv_shape)]
-    for report in (prefill, decoder):
-        assert report.opset == 14
-        assert not {"Trilu", "ScatterND", "Pow", "Shape", "ConstantOfShape"} & set(report.op_types)
-        # RMSNorm as sum / N, the recipe's op choice for the 310P (no ReduceMean)
-        assert "ReduceSum" in report.op_types and "ReduceMean" not in report.op_types
+    # inputs recorded at the largest gear; the sequence axis is the only dynamic one
+    assert [(s.name, s.shape, s.dtype) for s in report.inputs] == [
+        ("input_ids", (1, LENGTH), "int64"), ("patch_embeds", (1, PATCHES, HIDDEN), "float32"),
+        ("attention_mask", (1, LENGTH), "int64"), ("position_ids", (1, LENGTH), "int64"),
+        ("past_kv", kv_shape, "float32")]
+    assert report.sequence_inputs == tuple(SEQUENCE_INPUTS)
+    assert [(s.name, s.shape) for s in report.outputs] == [("logits", (1, 320)), ("next_token", (1, 1)),
+                                                           ("present_kv", kv_shape)]
+    assert report.opset == 14
+    assert not {"Trilu", "ScatterND", "Pow", "Shape", "ConstantOfShape"} & set(report.op_types)
+    # RMSNorm as sum / N, the recipe's op choice for the 310P (no ReduceMean)
+    assert "ReduceSum" in report.op_types and "ReduceMean" not in report.op_types
+    with pytest.raises(ValueError, match="no shape gears were given"):
+        check_graph(onnx_graph)
 
 
-def test_onnx_graphs_match_transformers(llama, patches, reference, onnx_graphs):
-    inputs, n = _prefill_inputs(llama, patches)
-    prefill = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)
-    decoder = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)
-    logits, tokens, kv = _greedy(prefill, decoder, [t.numpy() for t in inputs], n)
+def test_onnx_graph_matches_transformers(llama, patches, reference, onnx_graph):
+    inputs, n = _prefill_inputs(patches)
+    logits, tokens, kv = _greedy(_ort(onnx_graph, LLM_INPUTS), [t.numpy() for t in inputs], n, _kv().numpy())
     _assert_matches_reference(logits, tokens, kv, n, reference, atol=1e-5)
 
 
-def test_decoder_writes_only_the_cache_position_slot(llama, patches, onnx_graphs):
-    inputs, n = _prefill_inputs(llama, patches)
-    _, token, past = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)(*[t.numpy() for t in inputs])
-    _, _, present = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)(token, np.array([n]), past)
+def test_decode_gear_writes_only_its_slot(patches, onnx_graph):
+    inputs, n = _prefill_inputs(patches)
+    llm = _ort(onnx_graph, LLM_INPUTS)
+    _, token, past = llm(*[t.numpy() for t in inputs], _kv(fill=0.0).numpy())
+    _, _, present = llm(token, inputs[1].numpy(), np.array([[1]]), np.array([[n]]), past)
     others = np.arange(CAPACITY) != n
     assert np.array_equal(present[:, :, :, :, others], past[:, :, :, :, others])
     assert not np.array_equal(present[:, :, :, :, n], past[:, :, :, :, n])
 
 
-def test_padding_is_never_read(llama, patches, reference, onnx_graphs):
-    """Garbage in padded prompt slots, and in every cache slot past the write position, leaves
-    logits and tokens unchanged: prefill masks padded keys, and the decoder at position p attends
-    to slots < p and its own new K/V only."""
-    inputs, n = _prefill_inputs(llama, patches, pad_value=1e4)
-    prefill = _ort(onnx_graphs / "vla_prefill.onnx", PREFILL_INPUTS)
-    run_decoder = _ort(onnx_graphs / "vla_decoder.onnx", DECODER_INPUTS)
+def test_padding_and_unwritten_slots_are_never_read(patches, reference, onnx_graph):
+    """Other ids in the patch and padding slots, and garbage in every cache slot at or past the
+    write position, leave logits and tokens unchanged: patch slots take the patch embeddings,
+    prefill masks padded keys, and a decode step at position p reads slots < p and its own K/V."""
+    inputs, n = _prefill_inputs(patches, pad_id=311)
+    llm = _ort(onnx_graph, LLM_INPUTS)
     rng = np.random.default_rng(0)
 
-    def poisoned_decoder(token, position, kv):
+    def poisoned(ids, patch_embeds, mask, positions, kv):
         kv = kv.copy()
-        kv[:, :, :, :, int(position[0]):] = rng.normal(0, 1e3, kv[:, :, :, :, int(position[0]):].shape)
-        return run_decoder(token, position, kv)
+        start = int(np.asarray(positions)[0, 0])
+        kv[:, :, :, :, start:] = rng.normal(0, 1e3, kv[:, :, :, :, start:].shape)
+        return llm(ids, patch_embeds, mask, positions, kv)
 
-    logits, tokens, kv = _greedy(prefill, poisoned_decoder, [t.numpy() for t in inputs], n)
+    logits, tokens, kv = _greedy(poisoned, [t.numpy() for t in inputs], n, _kv().numpy())
     _assert_matches_reference(logits, tokens, kv, n, reference, atol=1e-5)
 
 
-def test_fp16_graphs_stay_close_to_fp32(llama, patches, reference, tmp_path):
+def test_fp16_graph_stays_close_to_fp32(llama, patches, reference, tmp_path):
     half = LlamaForCausalLM(llama.config).eval()
     half.load_state_dict(llama.state_dict())
     half = half.half()
-    inputs, n = _prefill_inputs(llama, patches)
-    inputs = (inputs[0].half(), inputs[1].half(), inputs[2], inputs[3])
-    _export_graphs(half, inputs, n, tmp_path / "p.onnx", tmp_path / "d.onnx")
-    report = check_graph(tmp_path / "p.onnx")
-    assert {s.name: s.dtype for s in report.inputs}["token_embeds"] == "float16"
-    logits, tokens, _ = _greedy(
-        _ort(tmp_path / "p.onnx", PREFILL_INPUTS),
-        _ort(tmp_path / "d.onnx", DECODER_INPUTS),
-        [t.numpy() for t in inputs], n,
-    )
+    _export_llm(half, patches, tmp_path / "llm.onnx", torch.float16)
+    report = check_graph(tmp_path / "llm.onnx", GEARS)
+    assert {s.name: s.dtype for s in report.inputs}["patch_embeds"] == "float16"
+    inputs, n = _prefill_inputs(patches.half())
+    logits, tokens, _ = _greedy(_ort(tmp_path / "llm.onnx", LLM_INPUTS), [t.numpy() for t in inputs], n,
+                                _kv(torch.float16).numpy())
     assert logits.dtype == np.float16
     np.testing.assert_allclose(logits.astype(np.float32), reference["logits"], atol=2e-2, rtol=0)
 
@@ -244,13 +246,12 @@ def test_large_graphs_keep_weights_in_one_side_file(llama, patches, reference, t
     import openvla_ros.export.onnx_graph as onnx_graph
 
     monkeypatch.setattr(onnx_graph, "EXTERNAL_DATA_THRESHOLD", 0)
-    inputs, n = _prefill_inputs(llama, patches)
-    export_module(PrefillGraph(llama, LENGTH, CAPACITY), inputs, tmp_path / "vla_prefill.onnx", PREFILL_INPUTS,
-                  ["logits", "next_token", "present_kv"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vla_prefill.onnx", "vla_prefill.onnx.data"]
-    assert (tmp_path / "vla_prefill.onnx.data").stat().st_size > (tmp_path / "vla_prefill.onnx").stat().st_size
-    report = check_graph(tmp_path / "vla_prefill.onnx")
+    _export_llm(llama, patches, tmp_path / "vla_llm.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vla_llm.onnx", "vla_llm.onnx.data"]
+    assert (tmp_path / "vla_llm.onnx.data").stat().st_size > (tmp_path / "vla_llm.onnx").stat().st_size
+    report = check_graph(tmp_path / "vla_llm.onnx", GEARS)
     assert report.nbytes == sum(p.stat().st_size for p in tmp_path.iterdir())
-    logits, token, _ = _ort(tmp_path / "vla_prefill.onnx", PREFILL_INPUTS)(*[t.numpy() for t in inputs])
+    inputs, _ = _prefill_inputs(patches)
+    logits, token, _ = _ort(tmp_path / "vla_llm.onnx", LLM_INPUTS)(*[t.numpy() for t in inputs], _kv().numpy())
     assert int(token[0, 0]) == reference["tokens"][0]
     np.testing.assert_allclose(logits[0], reference["logits"][0], atol=1e-5, rtol=0)

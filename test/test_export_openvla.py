@@ -48,14 +48,22 @@ def test_export_graphs_are_static_atc_compatible_and_in_the_manifest(export, req
     assert manifest.dtype == "fp32" and manifest.opset <= 17
     assert manifest.layout.length == 1 + manifest.layout.num_patches + manifest.layout.max_text_tokens
     assert manifest.layout.num_patches == 256
+    assert GRAPH_NAMES == ("vision_backbone", "projector", "vla_llm")
     for name in GRAPH_NAMES:
-        report = check_graph(directory / f"{name}.onnx")  # checker, static shapes, ATC op set
         spec = manifest.graphs[name]
-        assert (report.inputs, report.outputs) == (spec.inputs, spec.outputs)
+        # checker, static shapes (at each shape gear), ATC op set
+        report = check_graph(directory / f"{name}.onnx", spec.sequence_gears)
+        assert (report.inputs, report.outputs, report.sequence_inputs) == (spec.inputs, spec.outputs,
+                                                                           spec.sequence_inputs)
         assert not {"Trilu", "ScatterND", "Shape"} & set(report.op_types)
-    kv = manifest.graphs["vla_prefill"].output("present_kv")
+    llm = manifest.graphs["vla_llm"]
+    # one LLM graph, two gears: the prefill's L and a decode step's 1
+    assert llm.sequence_gears == (manifest.layout.length, 1)
+    assert llm.sequence_inputs == ("input_ids", "attention_mask", "position_ids")
+    assert not manifest.graphs["vision_backbone"].sequence_gears
+    kv = llm.output("present_kv")
     assert kv.shape[4] == manifest.layout.kv_capacity
-    assert manifest.graphs["vla_decoder"].input("past_kv").shape == kv.shape
+    assert llm.input("past_kv").shape == kv.shape
     assert manifest.graphs["vision_backbone"].input("pixel_values").shape == (1, *manifest.image_shape)
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "config.json"):
         assert name in manifest.processor_files and (directory / name).is_file()
@@ -85,10 +93,9 @@ def test_verify_passes_the_official_fp32_export(official_fixture, official_onnx_
     report = verify_export(official_fixture / "ckpt", official_onnx_export, default_cases(random_images=2))
     assert report["passed"], report
     assert report["token_agreement"] == 1.0 and report["max_action_abs_diff"] <= 1e-5
-    assert set(report["graphs"]) >= {"vision_backbone.patch_features", "projector.patch_embeds",
-                                     "embedding.token_embeds",
-                                     "vla_prefill.logits", "vla_prefill.present_kv", "vla_decoder.logits",
-                                     "vla_decoder.present_kv"}
+    assert set(report["graphs"]) == {"vision_backbone.patch_features", "projector.patch_embeds",
+                                     "vla_llm.prefill.logits", "vla_llm.prefill.present_kv",
+                                     "vla_llm.decode.logits", "vla_llm.decode.present_kv"}
     assert all(d["max_abs_diff"] < 1e-3 for d in report["graphs"].values())
 
 
@@ -99,7 +106,7 @@ def test_verify_cli_writes_report_and_fails_on_a_foreign_export(tiny_checkpoint,
                            "--onnx", str(tiny_onnx_export), "--random-images", "1", "--report", str(good)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASS" in proc.stdout and "vla_decoder.logits" in proc.stdout
+    assert "PASS" in proc.stdout and "vla_llm.decode.logits" in proc.stdout
     assert json.loads(good.read_text())["passed"] is True
     bad = tmp_path / "bad.json"
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "verify", "--checkpoint", str(tiny_checkpoint),
@@ -115,7 +122,7 @@ def test_fp16_export_reports_diffs_and_token_agreement(tiny_checkpoint, tmp_path
 
     out = export_onnx(tiny_checkpoint, tmp_path / "fp16", dtype="fp16", progress=None)
     manifest = Manifest.load(out)
-    assert manifest.graphs["vla_decoder"].input("past_kv").dtype == "float16"
+    assert manifest.graphs["vla_llm"].input("past_kv").dtype == "float16"
     assert manifest.graphs["vision_backbone"].input("pixel_values").dtype == "float16"
     report = verify_export(tiny_checkpoint, out, default_cases(random_images=1), min_token_agreement=0.0)
     assert 0.0 <= report["token_agreement"] <= 1.0 and report["criteria"]["action_atol"] is None
@@ -128,7 +135,7 @@ def test_export_cli_with_custom_text_budget_and_prompt_limit(tiny_checkpoint, tm
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "export", "--checkpoint", str(tiny_checkpoint),
                            "--out", str(out), "--max-text-tokens", "12"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "[5/5] vla_decoder" in proc.stdout  # progress output
+    assert "[3/3] vla_llm" in proc.stdout  # progress output
     manifest = Manifest.load(out)
     assert manifest.layout.max_text_tokens == 12
     policy = load_runtime_policy("onnxruntime", out)

@@ -47,17 +47,20 @@ def test_plan_matches_the_exported_graphs(tiny_checkpoint, tiny_onnx_export):
         exported = _float_initializer_bytes(tiny_onnx_export / spec.file)
         # the LLM graphs also hold folded constant tables (rotary cos/sin, index vectors)
         assert exported * 0.98 <= graph.weight_bytes <= exported * 1.01, (graph.name, graph.weight_bytes, exported)
-    kv = manifest.graphs["vla_prefill"].output("present_kv").nbytes
+    kv = manifest.graphs["vla_llm"].output("present_kv").nbytes
     assert plan.kv_bytes == 2 * kv
+    assert [g.name for g in plan.graphs] == list(manifest.graph_names)
 
 
-def test_openvla_7b_fp16_needs_about_28_gb_in_the_current_layout():
+def test_openvla_7b_fp16_fits_an_atlas_300i_pro_with_one_llm_copy():
     plan = memory_plan(OpenVLAConfig.from_dict(OPENVLA_7B_CONFIG), "fp16", max_text_tokens=40, action_dim=7)
     by_name = {g.name: g for g in plan.graphs}
-    assert 13.0 * GB < by_name["vla_prefill"].weight_bytes < 13.4 * GB  # Llama-2-7B layers + lm_head
+    # Llama-2-7B layers + lm_head + the embedding table, once
+    assert 13.3 * GB < by_name["vla_llm"].weight_bytes < 13.6 * GB
     assert 1.3 * GB < by_name["vision_backbone"].weight_bytes < 1.45 * GB
-    assert 27.5 * GB < plan.total_bytes < 29.0 * GB > 24 * GB  # does not fit an Atlas 300I Pro
-    assert plan.shared_llm_total_bytes < 17 * GB  # what one shared LLM copy (item 1) would need
+    assert 0.3 * GB < plan.kv_bytes < 0.33 * GB  # two 152 MiB KV buffers
+    assert 15.0 * GB < plan.total_bytes <= 17 * GB < 24 * GB  # one 310P3 (Atlas 300I Pro): 24 GB
+    assert 27.5 * GB < plan.two_graph_total_bytes < 29.0 * GB  # the earlier layout, a copy per graph
 
 
 def test_cli_prints_the_plan(tmp_path):
@@ -66,9 +69,11 @@ def test_cli_prints_the_plan(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "convert-om", "--plan", "--config", str(config)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "vla_decoder" in proc.stdout and "does NOT fit" in proc.stdout
+    assert "vla_llm" in proc.stdout and "vla_decoder" not in proc.stdout
+    assert "card with 24 GB: fits" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "openvla_ros.cli", "convert-om", "--plan", "--config", str(config),
                            "--json"], capture_output=True, text=True, check=False)
     report = json.loads(proc.stdout)
-    assert set(report["graphs"]) == {"vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder"}
+    assert set(report["graphs"]) == {"vision_backbone", "projector", "vla_llm"}
+    assert report["llm_weight_copies"] == 1 and report["total"]["all"] <= 17 * GB
     assert report["total"]["all"] == sum(report["total"][k] for k in ("weights", "activations", "kv"))

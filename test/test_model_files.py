@@ -190,11 +190,28 @@ def test_export_records_size_and_sha256_of_every_file(tiny_onnx_export):
 
 def test_truncated_graph_is_named_with_expected_and_actual_bytes(tiny_onnx_export, tmp_path, image_file, capsys):
     export = _copy(tiny_onnx_export, tmp_path)
-    size = (export / "vla_decoder.onnx").stat().st_size
-    _truncate(export / "vla_decoder.onnx", 1000)
+    size = (export / "vla_llm.onnx").stat().st_size
+    _truncate(export / "vla_llm.onnx", 1000)
     code, err = _predict(capsys, "--onnx", export, "--image", image_file)
     assert code == 2
-    _one_error_line(err, f"{export / 'vla_decoder.onnx'}: truncated: expected {size} bytes, got 1000", REEXPORT)
+    _one_error_line(err, f"{export / 'vla_llm.onnx'}: truncated: expected {size} bytes, got 1000", REEXPORT)
+
+
+def test_two_graph_export_is_refused_with_one_re_export_line(tiny_onnx_export, tmp_path, image_file, capsys):
+    """An export made before the shared LLM graph (vla_prefill + vla_decoder, two copies of the LLM
+    weights) no longer loads: one line naming the manifest and saying to re-export."""
+    export = _copy(tiny_onnx_export, tmp_path)
+    data = json.loads((export / "manifest.json").read_text())
+    llm = data["graphs"].pop("vla_llm")
+    data["graphs"].update({"vla_prefill": {**llm, "file": "vla_prefill.onnx"},
+                           "vla_decoder": {**llm, "file": "vla_decoder.onnx"}})
+    (export / "manifest.json").write_text(json.dumps(data))
+    code, err = _predict(capsys, "--onnx", export, "--image", image_file)
+    assert code == 2
+    _one_error_line(err, f"{export / 'manifest.json'}: an export made before the shared LLM graph: separate "
+                         f"vla_prefill and vla_decoder graphs, each with its own copy of the LLM weights",
+                    "re-export the checkpoint with `openvla-ros export` (one vla_llm graph for prefill and decode), "
+                    "then `openvla-ros convert-om` again for the om backend")
 
 
 def test_file_that_is_not_onnx(tiny_onnx_export, tmp_path):
@@ -217,10 +234,10 @@ def test_export_without_records_still_loads_with_a_note(tiny_onnx_export, tmp_pa
     notes = list(runtime_notes)
     assert len(notes) == 1 and "no size or checksum recorded for vision_backbone.onnx" in notes[0]
     assert main(["check", str(export)]) == 0
-    assert "unchecked vla_decoder.onnx" in capsys.readouterr().out
+    assert "unchecked vla_llm.onnx" in capsys.readouterr().out
     # Without records a truncated graph is still named, by ONNX Runtime failing to parse it.
-    _truncate(export / "vla_decoder.onnx", 1000)
-    with pytest.raises(InvalidModelFile, match="vla_decoder.onnx: not ONNX: ONNX Runtime cannot parse it"):
+    _truncate(export / "vla_llm.onnx", 1000)
+    with pytest.raises(InvalidModelFile, match="vla_llm.onnx: not ONNX: ONNX Runtime cannot parse it"):
         load_policy("onnxruntime", export)
 
 
@@ -242,30 +259,30 @@ def test_broken_manifest_gives_line_and_column(tiny_onnx_export, tmp_path, image
 
 def test_same_size_corruption_is_found_by_checksums_only(tiny_onnx_export, tmp_path, capsys):
     export = _copy(tiny_onnx_export, tmp_path)
-    _overwrite(export / "vla_prefill.onnx", (export / "vla_prefill.onnx").stat().st_size - 5000)
+    _overwrite(export / "vla_llm.onnx", (export / "vla_llm.onnx").stat().st_size - 5000)
     # The damage lies in weights: it still parses and would run, which is what checksums are for.
     load_policy("onnxruntime", export).close()
-    with pytest.raises(InvalidModelFile, match="vla_prefill.onnx: checksum mismatch: sha256 [0-9a-f]{16}..., "
+    with pytest.raises(InvalidModelFile, match="vla_llm.onnx: checksum mismatch: sha256 [0-9a-f]{16}..., "
                                                "the manifest records"):
         load_policy("onnxruntime", export, verify_checksums=True)
     assert main(["check", str(export), "--sizes-only"]) == 0
     capsys.readouterr()
     assert main(["check", str(export)]) == 1
     out = capsys.readouterr().out
-    assert f"PROBLEM  {export / 'vla_prefill.onnx'}: checksum mismatch" in out
-    assert "ok       vla_decoder.onnx" in out and out.strip().endswith("1 problem")
+    assert f"PROBLEM  {export / 'vla_llm.onnx'}: checksum mismatch" in out
+    assert "ok       projector.onnx" in out and out.strip().endswith("1 problem")
 
 
 def test_missing_files_are_named_and_counted(tiny_onnx_export, tmp_path, image_file, capsys):
     export = _copy(tiny_onnx_export, tmp_path)
     (export / "tokenizer.json").unlink()
-    (export / "embedding.onnx").unlink()
+    (export / "projector.onnx").unlink()
     code, err = _predict(capsys, "--onnx", export, "--image", image_file)
     assert code == 2
-    _one_error_line(err, f"{export / 'embedding.onnx'}: missing", "(1 more problem: `openvla-ros check")
+    _one_error_line(err, f"{export / 'projector.onnx'}: missing", "(1 more problem: `openvla-ros check")
     assert main(["check", str(export)]) == 1
     out = capsys.readouterr().out
-    assert f"{export / 'embedding.onnx'}: missing" in out and f"{export / 'tokenizer.json'}: missing" in out
+    assert f"{export / 'projector.onnx'}: missing" in out and f"{export / 'tokenizer.json'}: missing" in out
 
 
 def test_checkpoint_and_export_given_to_the_wrong_backend(tiny_checkpoint, tiny_onnx_export):
@@ -292,7 +309,7 @@ def test_hash_progress_reads_the_whole_file_in_chunks(tmp_path):
 def test_recorded_side_file_is_checked_with_a_progress_bar(tiny_onnx_export, tmp_path, capsys):
     # Graphs over 64 MiB keep their weights in `<graph>.onnx.data`; export records it like any file.
     export = _copy(tiny_onnx_export, tmp_path)
-    data = export / "vla_prefill.onnx.data"
+    data = export / "vla_llm.onnx.data"
     data.write_bytes(os.urandom(65 << 20))
     manifest = Manifest.load(export)
     replace(manifest, files={**manifest.files, data.name: FileRecord.of(data)}).write()
@@ -337,7 +354,7 @@ def test_sound_om_folder_reaches_pyacl(om_dir):
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "corrupted", "manifest"])
 def test_damaged_om_folder_fails_before_pyacl(om_dir, damage):
-    graph = om_dir / "vla_decoder.om"
+    graph = om_dir / "vla_llm.om"
     size = graph.stat().st_size
     if damage == "missing":
         graph.unlink()

@@ -9,6 +9,7 @@ an execute under another context than the model's, a second acl.init, ...), so t
 the adapter breaks one of those rules. The first tests check that the double itself is strict."""
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from onnx import TensorProto, helper
 import pyacl_double as acl_double
 from openvla_ros.policy import load_policy
 from openvla_ros.runtime.acl_process import acl_process
+from openvla_ros.runtime.manifest import TensorSpec
 
 INSTRUCTION = "put the bowl on the plate"
 ZERO_OUTSTANDING = {"device_allocations": 0, "device_bytes": 0, "data_buffers": 0, "datasets": 0, "models": 0,
@@ -88,18 +90,88 @@ def test_double_executes_the_stand_in_om_by_its_onnx_graph(pyacl, tiny_om_export
     pyacl.rt.create_context(0)
     assert pyacl.mdl.load_from_file(str(tiny_om_export / "missing.om")) == (0, acl_double.ACL_ERROR_INVALID_FILE)
     assert pyacl.mdl.load_from_file(str(tiny_om_export / "manifest.json"))[1] == acl_double.ACL_ERROR_PARSE_FILE
-    model_id, ret = pyacl.mdl.load_from_file(str(tiny_om_export / "vla_decoder.om"))
+    model_id, ret = pyacl.mdl.load_from_file(str(tiny_om_export / "projector.om"))
     assert ret == 0
     desc = pyacl.mdl.create_desc()
     assert pyacl.mdl.get_desc(desc, model_id) == 0
     names = [pyacl.mdl.get_input_name_by_index(desc, i) for i in range(pyacl.mdl.get_num_inputs(desc))]
-    assert names == ["token", "cache_position", "past_kv"]
-    assert pyacl.mdl.get_input_data_type(desc, 1) == 9 and pyacl.mdl.get_input_size_by_index(desc, 1) == 8
-    assert pyacl.mdl.get_output_data_type(desc, 0) == 0  # logits: ACL_FLOAT
+    assert names == ["patch_features"]
+    assert pyacl.mdl.get_input_data_type(desc, 0) == 0  # ACL_FLOAT
+    # a static model has no dynamic-dims input and no gears
+    assert pyacl.mdl.get_input_index_by_name(desc, "ascend_mbatch_shape_data") == (0, acl_double.ACL_ERROR_INVALID_PARAM)
+    assert pyacl.mdl.get_input_dynamic_gear_count(desc, -1) == (0, 0)
     # a dataset that does not fit the model is refused without running it
     assert pyacl.mdl.execute(model_id, pyacl.mdl.create_dataset(), pyacl.mdl.create_dataset()) == \
         acl_double.ACL_ERROR_INVALID_PARAM
-    assert pyacl.executions["vla_decoder"] == 0
+    assert pyacl.executions["projector"] == 0
+
+
+def _device_buffer(pyacl, content: int | np.ndarray) -> int:
+    """A data buffer over new device memory: `content` bytes, or a host array copied in."""
+    nbytes = content if isinstance(content, int) else content.nbytes
+    ptr, ret = pyacl.rt.malloc(nbytes, 0)
+    assert ret == 0
+    if not isinstance(content, int):
+        assert pyacl.rt.memcpy(ptr, nbytes, content.ctypes.data, nbytes, acl_double.ACL_MEMCPY_HOST_TO_DEVICE) == 0
+    return pyacl.create_data_buffer(ptr, nbytes)
+
+
+def test_double_implements_the_dynamic_dims_contract(pyacl, tiny_om_export):
+    """The geared LLM model as pyACL documents it: one extra input "ascend_mbatch_shape_data", the
+    dynamic inputs described at the largest gear, the gear chosen per dataset with
+    set_input_dynamic_dims (the full shapes of the dynamic inputs concatenated), and only a
+    converted gear accepted."""
+    manifest = json.loads((tiny_om_export / "manifest.json").read_text())
+    length = manifest["sequence"]["length"]
+    assert pyacl.init() == 0 and pyacl.rt.set_device(0) == 0
+    pyacl.rt.create_context(0)
+    model_id, ret = pyacl.mdl.load_from_file(str(tiny_om_export / "vla_llm.om"))
+    assert ret == 0
+    desc = pyacl.mdl.create_desc()
+    assert pyacl.mdl.get_desc(desc, model_id) == 0
+    count = pyacl.mdl.get_num_inputs(desc)
+    names = [pyacl.mdl.get_input_name_by_index(desc, i) for i in range(count)]
+    assert names == ["input_ids", "patch_embeds", "attention_mask", "position_ids", "past_kv",
+                     "ascend_mbatch_shape_data"]
+    index, ret = pyacl.mdl.get_input_index_by_name(desc, "ascend_mbatch_shape_data")
+    assert (index, ret) == (5, 0)
+    assert pyacl.mdl.get_input_dynamic_gear_count(desc, -1) == (2, 0)
+    assert pyacl.mdl.get_input_dynamic_gear_count(desc, 0)[1] == acl_double.ACL_ERROR_INVALID_PARAM  # reserved: -1
+    assert pyacl.mdl.get_input_size_by_index(desc, 0) == length * 8  # input_ids at the largest gear
+    sizes = [pyacl.mdl.get_input_size_by_index(desc, i) for i in range(count)]
+    outputs = [pyacl.mdl.get_output_size_by_index(desc, i) for i in range(pyacl.mdl.get_num_outputs(desc))]
+
+    def dataset(contents):
+        ds = pyacl.mdl.create_dataset()
+        for content in contents:
+            ds, ret = pyacl.mdl.add_dataset_buffer(ds, _device_buffer(pyacl, content))
+            assert ret == 0
+        return ds
+
+    def one(value: int) -> np.ndarray:
+        return np.array([[value]], dtype=np.int64)
+
+    # the decode gear: input_ids, attention_mask, position_ids hold one int64 each
+    step = dataset([one(1), sizes[1], one(1), one(length), sizes[4], sizes[5]])
+    out = dataset(outputs)
+    assert pyacl.mdl.execute(model_id, step, out) == acl_double.ACL_ERROR_INVALID_PARAM  # no gear chosen yet
+    assert pyacl.violations.pop().endswith("without set_input_dynamic_dims on its dataset")
+
+    def dims(values):
+        return {"dimCount": len(values), "name": "", "dims": values}
+
+    for bad in ([1, 2, 1, 2, 1, 2], [1, 1, 1, 1], [1, length, 1, length, 1, length, 1]):  # not one of the gears
+        assert pyacl.mdl.set_input_dynamic_dims(model_id, step, index, dims(bad)) == acl_double.ACL_ERROR_INVALID_PARAM
+    assert pyacl.mdl.set_input_dynamic_dims(model_id, step, 2, dims([1, 1] * 3)) == \
+        acl_double.ACL_ERROR_INVALID_PARAM  # not the dims input's index
+    assert pyacl.mdl.set_input_dynamic_dims(model_id, step, index, {"dims": [1, 1] * 3}) == \
+        acl_double.ACL_ERROR_INVALID_PARAM  # not an aclmdlIODims dict
+    assert pyacl.mdl.set_input_dynamic_dims(model_id, step, index, dims([1, 1] * 3)) == 0
+    assert pyacl.mdl.execute(model_id, step, out) == 0
+    # the prefill gear needs the L-long buffers: the decode dataset is too small for it
+    assert pyacl.mdl.set_input_dynamic_dims(model_id, step, index, dims([1, length] * 3)) == 0
+    assert pyacl.mdl.execute(model_id, step, out) == acl_double.ACL_ERROR_INVALID_PARAM
+    assert pyacl.executions["vla_llm"] == 1
 
 
 # --- the adapter and the shared pipeline on the double --------------------------------------------
@@ -131,7 +203,9 @@ def test_om_backend_matches_onnxruntime_with_16_bytes_per_decode_step(pyacl, siz
             decode_copies = copies[-2 * len(steps):]
             assert decode_copies == [(acl_double.ACL_MEMCPY_HOST_TO_DEVICE, 8),
                                      (acl_double.ACL_MEMCPY_DEVICE_TO_HOST, 8)] * len(steps)
-        assert pyacl.executions["vla_decoder"] == len(_images()) * (policy.action_dim - 1)
+        # one model serves the prefill and every decode step, each run selecting its gear
+        assert pyacl.executions["vla_llm"] == len(_images()) * policy.action_dim
+        assert pyacl.calls["acl.mdl.set_input_dynamic_dims"] == pyacl.executions["vla_llm"]
     finally:
         reference.close()
         policy.close()
@@ -207,8 +281,20 @@ def _variant(om_dir: Path, tmp_path: Path, graph: str, edit) -> Path:
     edit(model.graph)
     edited = tmp_path / f"{graph}_edited.onnx"
     onnx.save(model, str(edited))
-    acl_double.write_om_stand_in(edited, variant / f"{graph}.om")
+    acl_double.write_om_stand_in(edited, variant / f"{graph}.om", *_gear_options(om_dir, graph))
     return variant
+
+
+def _gear_options(om_dir: Path, graph: str, gears: tuple[int, ...] | None = None) -> tuple:
+    """The stand-in atc's (input_shape, dynamic_dims, input_format) for `graph`, as the conversion
+    script passes them (with other `gears` if given); (None, None, None) for a static graph."""
+    spec = json.loads((om_dir / "manifest.json").read_text())["graphs"][graph]
+    dynamic = spec.get("sequence_inputs", [])
+    if not dynamic:
+        return None, None, None
+    gears = gears or spec["sequence_gears"]
+    return (";".join(f"{name}:1,-1" for name in dynamic),
+            ";".join(",".join([str(g)] * len(dynamic)) for g in gears), "ND")
 
 
 def _rename_input(graph, old: str, new: str) -> None:
@@ -256,7 +342,7 @@ def test_models_with_wrong_name_dtype_or_size_are_refused(pyacl, tiny_om_export,
 
 def test_inputs_are_bound_by_name_not_position(pyacl, tiny_onnx_export, tiny_om_export, tmp_path):
     # attention_mask and position_ids have the same size: only names tell them apart
-    variant = _variant(tiny_om_export, tmp_path, "vla_prefill",
+    variant = _variant(tiny_om_export, tmp_path, "vla_llm",
                        lambda g: _swap_inputs(g, "attention_mask", "position_ids"))
     reference = load_policy("onnxruntime", tiny_onnx_export)
     policy = load_policy("om", variant)
@@ -268,3 +354,64 @@ def test_inputs_are_bound_by_name_not_position(pyacl, tiny_onnx_export, tiny_om_
         policy.close()
         reference.close()
     assert pyacl.outstanding() == ZERO_OUTSTANDING
+
+
+def test_a_sequence_length_that_is_not_a_gear_is_refused(pyacl, tiny_om_export):
+    from openvla_ros.runtime.manifest import Manifest
+    from openvla_ros.runtime.om_backend import AclGraphs
+
+    manifest = Manifest.load(tiny_om_export)
+    spec = manifest.graphs["vla_llm"]
+    runtime = AclGraphs()
+    try:
+        runtime.load_graph(spec, tiny_om_export / "vla_llm.om")
+        bound = {t.name: runtime.allocate(t) for t in spec.at_sequence(1).inputs}
+        bound.update({name: runtime.allocate(TensorSpec(name, (1, 5), "int64"))
+                      for name in ("input_ids", "attention_mask", "position_ids")})
+        out = {t.name: runtime.allocate(t) for t in spec.outputs}
+        with pytest.raises(ValueError, match=r"vla_llm': sequence length 5 is not one of its shape gears "
+                                             rf"\[{manifest.layout.length}, 1\]"):
+            runtime.run("vla_llm", bound, out)
+        bound["attention_mask"] = runtime.allocate(TensorSpec("attention_mask", (1, 1), "int64"))
+        with pytest.raises(ValueError, match="bound with different lengths"):
+            runtime.run("vla_llm", bound, out)
+        assert pyacl.calls["acl.mdl.execute"] == 0
+    finally:
+        runtime.close()
+    assert pyacl.outstanding() == ZERO_OUTSTANDING
+
+
+@pytest.mark.parametrize("gears, message", [
+    (None, r"vla_llm\.om: the OM model has no ascend_mbatch_shape_data input, so it was converted without shape "
+           r"gears; 'vla_llm' needs gears \[\d+, 1\]"),
+    ((1, 2, 3), r"vla_llm\.om: the OM model has 3 shape gears, the manifest's 'vla_llm' has 2"),
+])
+def test_an_llm_model_without_the_manifest_gears_is_refused(pyacl, tiny_om_export, tmp_path, gears, message):
+    variant = shutil.copytree(tiny_om_export, tmp_path / "variant")
+    onnx_path = json.loads((tiny_om_export / "vla_llm.om").read_text())["onnx"]
+    options = (None, None, None) if gears is None else _gear_options(tiny_om_export, "vla_llm", gears)
+    if gears is None:  # converted without gears: the ONNX graph's sequence axis fixed to L
+        model = onnx.load(onnx_path)
+        length = json.loads((tiny_om_export / "manifest.json").read_text())["sequence"]["length"]
+        for value in model.graph.input:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param == "sequence":
+                    dim.Clear()
+                    dim.dim_value = length
+        onnx_path = tmp_path / "static_llm.onnx"
+        onnx.save(model, str(onnx_path))
+    acl_double.write_om_stand_in(onnx_path, variant / "vla_llm.om", *options)
+    with pytest.raises(ValueError, match=message):
+        load_policy("om", variant)
+    assert pyacl.outstanding() == ZERO_OUTSTANDING
+
+
+def test_stand_in_atc_refuses_gear_options_atc_refuses(tmp_path):
+    onnx_path = tmp_path / "g.onnx"
+    onnx_path.write_text("unused")
+    with pytest.raises(ValueError, match="needs --input_shape and --input_format=ND"):
+        acl_double.write_om_stand_in(onnx_path, tmp_path / "g.om", "x:1,-1", "4;8", None)
+    with pytest.raises(ValueError, match="1 gears; ATC takes 2..100"):
+        acl_double.write_om_stand_in(onnx_path, tmp_path / "g.om", "x:1,-1", "4", "ND")
+    with pytest.raises(ValueError, match="each gear needs 2 positive values"):
+        acl_double.write_om_stand_in(onnx_path, tmp_path / "g.om", "x:1,-1;y:-1", "4;8", "ND")

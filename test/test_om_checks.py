@@ -17,8 +17,8 @@ import pyacl_double as acl_double
 from om_stand_in import shim_env
 from openvla_ros.cli import main
 
-GRAPH_OUTPUTS = {"vision_backbone.patch_features", "projector.patch_embeds", "embedding.token_embeds",
-                 "vla_prefill.logits", "vla_prefill.present_kv", "vla_decoder.logits", "vla_decoder.present_kv"}
+GRAPH_OUTPUTS = {"vision_backbone.patch_features", "projector.patch_embeds", "vla_llm.prefill.logits",
+                 "vla_llm.prefill.present_kv", "vla_llm.decode.logits", "vla_llm.decode.present_kv"}
 
 
 def test_verify_om_against_onnxruntime(pyacl, tiny_om_export, tiny_onnx_export, tmp_path, capsys):
@@ -73,7 +73,7 @@ def test_bench_om_backend(tiny_om_export, tmp_path):
     om = json.loads(out.read_text())["backends"]["om"]
     assert om["available"], om
     assert om["latency_ms"]["n"] == 4
-    assert {"vision_backbone", "vla_prefill", "vla_decoder", "upload"} <= set(om["stages_ms"])
+    assert {"vision_backbone", "vla_llm.prefill", "vla_llm.decode", "upload"} <= set(om["stages_ms"])
     transfers = om["transfers"]
     assert transfers["bytes_per_decode_step"] == 16 and transfers["kv_cache_bytes_per_decode_step"] == 0
     assert transfers["to_runtime_per_decode_step"] == {"cache_position": 8}

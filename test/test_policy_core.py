@@ -26,7 +26,7 @@ from openvla_ros.runtime.onnxruntime_backend import OnnxRuntimeGraphs
 from openvla_ros.runtime.policy import RuntimePolicy
 
 sys.path.insert(0, str(Path(__file__).parent / "ros_scripts"))
-from fault_injecting_policy_node import FaultInjectingGraphs  # noqa: E402
+from fault_injecting_policy_node import FAULTY_GRAPH, FaultInjectingGraphs  # noqa: E402
 
 INSTRUCTION = "pick up the black bowl"
 WAIT_S = 120.0  # a bound for a failing test on a loaded machine, not a timing assertion
@@ -241,7 +241,7 @@ def test_backend_exceptions_count_and_ask_for_deactivation(faulty):
     h, faults = faulty
     h.offer(make_image(8))
     (faults / "raise").touch()
-    assert h.step() == "error: RuntimeError: injected backend fault in vla_decoder"
+    assert h.step() == f"error: RuntimeError: injected backend fault in {FAULTY_GRAPH}"
     assert h.deactivation_requests == 0 and h.counts()["consecutive_errors"] == "1"
     assert h.step().startswith("error: RuntimeError")
     assert h.deactivation_requests == 1 and h.core.status().level == ERROR

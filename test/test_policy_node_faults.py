@@ -101,7 +101,7 @@ def test_backend_raising_mid_inference_deactivates_after_max_consecutive_errors(
         finally:
             (faults / "raise").unlink()
         for response in (first, second):
-            assert not response.success and "injected backend fault in vla_decoder" in response.message
+            assert not response.success and "injected backend fault in vla_llm" in response.message
         assert status["state"] == "inactive" and node.node.running()  # max_consecutive_errors = 2
         assert int(status["errors"]) == errors + 2 and "injected backend fault" in status["last_error"]
         assert not third.success and "not active" in third.message

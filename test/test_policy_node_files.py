@@ -22,7 +22,7 @@ REMEDY = "re-copy the export directory, or re-export it (`openvla-ros export`)"
 
 def test_damaged_export_fails_configure_with_one_line_and_recovers(tiny_onnx_export, tmp_path):
     export = shutil.copytree(tiny_onnx_export, tmp_path / "export")
-    graph = export / "vla_decoder.onnx"
+    graph = export / "vla_llm.onnx"
     sound = graph.read_bytes()
     graph.write_bytes(sound[:1000])
     with Probe("files_probe", namespace="files") as probe:

@@ -68,20 +68,24 @@ def test_decode_steps_reuse_kv_buffers_and_copy_no_kv_bytes(tiny_onnx_export):
     pixel_values = np.zeros((1, *manifest.image_shape), np.float32)
     result = pipeline.generate(pixel_values, prompt, num_tokens=steps)
     assert len(result.token_ids) == steps
-    decoder_runs = [r for r in runtime.runs if r[0] == "vla_decoder"]
-    prefill = next(r for r in runtime.runs if r[0] == "vla_prefill")
-    assert len(decoder_runs) == steps - 1
+    llm_runs = [r for r in runtime.runs if r[0] == "vla_llm"]
+    # one graph: the prefill at gear L, then every decode step at gear 1
+    gears = [inputs["input_ids"].spec.shape[1] for _, inputs, _ in llm_runs]
+    assert gears == [manifest.layout.length] + [1] * (steps - 1)
+    prefill, decode_runs = llm_runs[0], llm_runs[1:]
     previous_outputs = prefill[2]
-    for step, (_, inputs, outputs) in enumerate(decoder_runs):
+    for step, (_, inputs, outputs) in enumerate(decode_runs):
         assert inputs["past_kv"] is previous_outputs["present_kv"], f"step {step}: KV input is not the last output"
-        assert inputs["token"] is previous_outputs["next_token"], f"step {step}: token input is not the last output"
+        assert inputs["input_ids"] is previous_outputs["next_token"], f"step {step}: token input is not the last output"
+        assert inputs["patch_embeds"] is prefill[1]["patch_embeds"]
         assert outputs["present_kv"] is not inputs["past_kv"]
         previous_outputs = outputs
-    kv_bytes = manifest.graphs["vla_decoder"].input("past_kv").shape
+    assert prefill[1]["past_kv"] is not prefill[2]["present_kv"]
+    kv_bytes = manifest.graphs["vla_llm"].input("past_kv").shape
     assert np.prod(kv_bytes) > 0
     for step in result.decode_step_transfers:
         assert sum(step.bytes_of(name) for name in pipeline.kv_buffer_names) == 0
-        assert step.to_runtime == {"cache_position": 8}  # the position in, the argmax token out
+        assert step.to_runtime == {"cache_position": 8}  # the position in, the argmax token out: 16 bytes
         assert sum(step.to_host.values()) == 8
     # the whole action: inputs once, 8 bytes per token back, never logits or the cache
     assert set(result.transfers.to_runtime) == {"pixel_values", "input_ids", "attention_mask", "position_ids",
@@ -95,9 +99,13 @@ def test_capture_returns_every_graph_output(tiny_onnx_export):
     pipeline = GraphPipeline(OnnxRuntimeGraphs(), manifest)
     result = pipeline.generate(np.zeros((1, *manifest.image_shape), np.float32), [1, 700, 701], num_tokens=3,
                                capture=True)
-    assert result.captured["vla_decoder.logits"].shape == (2, manifest.graphs["vla_decoder"].output("logits").shape[1])
-    assert int(result.captured["vla_prefill.logits"].argmax()) == result.token_ids[0]
-    assert [int(row.argmax()) for row in result.captured["vla_decoder.logits"]] == result.token_ids[1:]
+    assert result.captured["vla_llm.decode.logits"].shape == (2, manifest.graphs["vla_llm"].output("logits").shape[1])
+    assert int(result.captured["vla_llm.prefill.logits"].argmax()) == result.token_ids[0]
+    assert [int(row.argmax()) for row in result.captured["vla_llm.decode.logits"]] == result.token_ids[1:]
+    # the KV caches as captured: the slots of the n = patches + 3 real positions, then + 2 decode steps
+    n = manifest.layout.num_patches + 3
+    assert result.captured["vla_llm.prefill.present_kv"].shape[4] == n
+    assert result.captured["vla_llm.decode.present_kv"].shape[4] == n + 2
     with pytest.raises(ValueError, match="num_tokens=0"):
         pipeline.generate(np.zeros((1, *manifest.image_shape), np.float32), [1, 2], num_tokens=0)
     pipeline.close()

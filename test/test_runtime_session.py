@@ -126,7 +126,7 @@ def test_om_backend_without_cann_says_what_to_install():
 def _manifest(directory: Path) -> Manifest:
     tensor = TensorSpec("x", (1, 2), "float32")
     graphs = {name: GraphSpec(name, f"{name}.onnx", (tensor,), (tensor,))
-              for name in ("vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder")}
+              for name in ("vision_backbone", "projector", "vla_llm")}
     return Manifest(directory=directory, model_name="m", dtype="fp32", opset=14,
                     layout=SequenceLayout(num_patches=4, max_text_tokens=3, action_dim=2),
                     image_shape=(6, 28, 28), bos_token_id=1, pad_token_id=9,
@@ -141,9 +141,9 @@ def test_manifest_round_trip_and_validation(tmp_path):
     assert loaded == manifest
     assert loaded.layout.length == 8 and loaded.layout.kv_capacity == 10
     data = json.loads((tmp_path / "manifest.json").read_text())
-    del data["graphs"]["vla_decoder"]
+    del data["graphs"]["vla_llm"]
     (tmp_path / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"graphs \['vla_decoder'\] missing"):
+    with pytest.raises(ValueError, match=r"graphs \['vla_llm'\] missing"):
         Manifest.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="openvla-ros export"):
         Manifest.load(tmp_path / "nowhere")
@@ -154,7 +154,8 @@ def test_manifest_round_trip_and_validation(tmp_path):
 def test_prompt_layout_pads_right_and_rejects_long_prompts(tmp_path):
     manifest = _manifest(tmp_path)
     prompt = layout_prompt([1, 5, 6], manifest)
-    assert prompt.input_ids.tolist() == [[1, 5, 6, 9]]
+    # BOS, the pad id on the 4 patch positions (their embeddings come from the projector), text, pad
+    assert prompt.input_ids.tolist() == [[1, 9, 9, 9, 9, 5, 6, 9]]
     assert prompt.num_real == 4 + 3
     assert prompt.attention_mask.tolist() == [[1] * 7 + [0]]
     assert prompt.position_ids.tolist() == [list(range(8))]

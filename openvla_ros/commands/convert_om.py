@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="directory for the .om files + manifest")
     parser.add_argument("--soc-version", default="Ascend310P3", help="ATC --soc_version (default: %(default)s)")
     parser.add_argument("--precision", action="append", default=[], metavar="GRAPH=MODE",
-                        help="ATC --precision_mode_v2 for one graph (default: origin for vla_prefill "
-                             "and vla_decoder, fp16 for the others); repeatable")
+                        help="ATC --precision_mode_v2 for one graph (default: origin for the LLM graph "
+                             "vla_llm, fp16 for the others); repeatable")
     parser.add_argument("--log", default="error", help="ATC log level (default: %(default)s)")
     parser.add_argument("--allow-fp32", action="store_true",
                         help="convert an fp32 export anyway (refused by default: the 310P has no fp32 matrix units)")

@@ -54,8 +54,19 @@ def demo_paths(out: str | Path) -> dict[str, Path]:
 
 
 def is_built(out: str | Path) -> bool:
+    """Built, and exported in the current graph layout (an export made before the shared LLM graph
+    no longer loads, so `--skip-if-exists` rebuilds it)."""
+    from openvla_ros.runtime.manifest import LEGACY_LLM_GRAPHS
+
     paths = demo_paths(out)
-    return paths["report"].is_file() and (paths["onnx"] / "manifest.json").is_file()
+    manifest = paths["onnx"] / "manifest.json"
+    if not (paths["report"].is_file() and manifest.is_file()):
+        return False
+    try:
+        graphs = json.loads(manifest.read_text()).get("graphs", {})
+    except (OSError, ValueError):
+        return False
+    return not set(LEGACY_LLM_GRAPHS) <= set(graphs)
 
 
 def make_examples(prompts, decoder, frame_count: int,

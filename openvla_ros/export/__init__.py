@@ -1,6 +1,7 @@
-"""Export an OpenVLA checkpoint to five static-shape ONNX graphs + manifest (torch needed here only).
+"""Export an OpenVLA checkpoint to three ONNX graphs + manifest (torch needed here only).
 
-Graphs: `vision_backbone`, `projector`, `embedding`, `vla_prefill`, `vla_decoder` (see
+Graphs: `vision_backbone`, `projector`, `vla_llm` (prefill and decode in one graph with two
+sequence gears; see
 `exporter` for their inputs and outputs, `llama_graphs` for the language-model graphs,
 `onnx_graph` for the ATC compatibility checks); `openvla_ros.runtime` runs them.
 """

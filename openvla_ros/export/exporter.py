@@ -1,14 +1,14 @@
-"""`export_onnx`: an OpenVLA checkpoint -> five static-shape ONNX graphs + manifest.json + processor files.
+"""`export_onnx`: an OpenVLA checkpoint -> three ONNX graphs + manifest.json + processor files.
 
 Graphs (I/O names as in the manifest; D = dtype float, L = 1 + patches + max_text_tokens,
 C = L + largest action dim, KV = [layers, 2, 1, kv_heads, C, head_dim]):
 - vision_backbone: pixel_values D[1, 6, H, W] -> patch_features D[1, P, Dv]
 - projector:       patch_features -> patch_embeds D[1, P, hidden]
-- embedding:       input_ids int64[1, 1 + max_text_tokens] -> token_embeds D[1, 1 + max_text_tokens, hidden]
-- vla_prefill:     token_embeds, patch_embeds, attention_mask int64[1, L], position_ids int64[1, L]
-                   -> logits D[1, V], next_token int64[1, 1], present_kv D KV
-- vla_decoder:     token int64[1, 1], cache_position int64[1], past_kv D KV
-                   -> logits D[1, V], next_token int64[1, 1], present_kv D KV
+- vla_llm:         input_ids int64[1, S], patch_embeds, attention_mask int64[1, S], position_ids int64[1, S],
+                   past_kv D KV -> logits D[1, V], next_token int64[1, 1], present_kv D KV
+                   with S = L (prefill) or 1 (a decode step): the graph's one dynamic axis, two shape
+                   gears, so prefill and decode share one copy of the LLM weights (see LlmGraph).
+The vision graphs are static.
 `max_text_tokens` defaults to 40 (L = 297 for 256 patches): the reference layout's 31 (L = 288) is
 too short for the longest LIBERO prompts (libero_spatial 35, libero_10 37 text tokens with the
 trailing 29871); pass 31 to reproduce the reference exactly.
@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from openvla_ros.actions import ActionDecoder
-from openvla_ros.export.llama_graphs import DecoderGraph, EmbeddingGraph, PrefillGraph
+from openvla_ros.export.llama_graphs import LlmGraph
 from openvla_ros.export.onnx_graph import OPSET, check_graph, export_module
 from openvla_ros.model_files import record_files
 from openvla_ros.safetensors_stream import CheckpointTensors
@@ -39,6 +39,8 @@ from openvla_ros.runtime.manifest import (
 )
 
 DEFAULT_MAX_TEXT_TOKENS = 40
+LLM_INPUTS = ("input_ids", "patch_embeds", "attention_mask", "position_ids", "past_kv")
+LLM_SEQUENCE_INPUTS = ("input_ids", "attention_mask", "position_ids")  # axis 1 is S
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Copied next to the manifest: what the torch-free processor, tokenizer and action decoder read.
 PROCESSOR_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -134,14 +136,17 @@ def write_graphs(graphs: Iterable[tuple[str, tuple]], names: tuple[str, ...], ou
     for i, (name, graph) in enumerate(graphs, 1):
         if i > len(names) or name != names[i - 1]:
             raise ValueError(f"graph {i} is {name!r}; expected the order {list(names)}")
-        module, args, input_names, output_names = graph
+        # (module, args, input names, output names[, (sequence inputs, sequence gears)])
+        module, args, input_names, output_names, *gears = graph
         del graph
+        sequence_inputs, sequence_gears = gears[0] if gears else ((), ())
         t0 = time.perf_counter()
         say(f"[export] [{i}/{len(names)}] {name}: tracing and writing {name}.onnx ...")
         path = out_dir / f"{name}.onnx"
-        export_module(module, args, path, input_names, output_names)
-        report = check_graph(path)
-        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs)
+        export_module(module, args, path, input_names, output_names, sequence_inputs=sequence_inputs)
+        report = check_graph(path, sequence_gears)
+        specs[name] = GraphSpec(name, path.name, report.inputs, report.outputs, report.sequence_inputs,
+                                tuple(sequence_gears))
         say(f"[export] [{i}/{len(names)}] {name}: {report.nbytes / 1e6:.1f} MB, "
             f"{len(report.op_types)} op types, checked, {time.perf_counter() - t0:.1f} s")
         del module, args
@@ -170,9 +175,9 @@ def copy_processor_files(checkpoint_dir: Path, out_dir: Path) -> tuple[str, ...]
 
 def _graph_modules(model: torch.nn.Module, tensors: CheckpointTensors, dtype: torch.dtype,
                    pixel_values: torch.Tensor, layout: SequenceLayout, pad_id: int) -> Iterator[tuple[str, tuple]]:
-    """(graph name, (module, example args, input names, output names)) one graph at a time, with only
-    the weights that graph reads loaded (in the export dtype): the vision backbone's, the
-    projector's, then the language model's for the last three."""
+    """(graph name, (module, example args, input names, output names[, (sequence inputs, sequence
+    gears)])) one graph at a time, with only the weights that graph reads loaded (in the export
+    dtype): the vision backbone's, the projector's, then the language model's."""
     with torch.no_grad():
         model.load_weights(tensors, "vision_backbone.", dtype)
         patch_features = model.vision_backbone(pixel_values)
@@ -188,22 +193,17 @@ def _graph_modules(model: torch.nn.Module, tensors: CheckpointTensors, dtype: to
         model.release_weights("projector.")
         _return_freed_memory()
         model.load_weights(tensors, "language_model.", dtype)
-        lm = model.language_model
-        input_ids = torch.full((1, 1 + layout.max_text_tokens), pad_id, dtype=torch.long)
+        llm = LlmGraph(model.language_model, layout.num_patches, layout.kv_capacity)
+        # Traced at the prefill gear; the decode gear (1) is the same graph with S = 1.
+        input_ids = torch.full((1, layout.length), pad_id, dtype=torch.long)
         attention_mask = torch.ones(1, layout.length, dtype=torch.long)
         position_ids = torch.arange(layout.length)[None]
-        embedding = EmbeddingGraph(lm)
-        token_embeds = embedding(input_ids)
-        yield "embedding", (embedding, (input_ids,), ["input_ids"], ["token_embeds"])
-        prefill = PrefillGraph(lm, layout.length, layout.kv_capacity)
-        _, next_token, present_kv = prefill(token_embeds, patch_embeds, attention_mask, position_ids)
-        yield "vla_prefill", (prefill, (token_embeds, patch_embeds, attention_mask, position_ids),
-                              ["token_embeds", "patch_embeds", "attention_mask", "position_ids"],
-                              ["logits", "next_token", "present_kv"])
-        yield "vla_decoder", (DecoderGraph(lm, layout.kv_capacity), (next_token, torch.tensor([layout.length]), present_kv),
-                              ["token", "cache_position", "past_kv"], ["logits", "next_token", "present_kv"])
-        # The graph wrappers hold the language model's parameters too; drop them before releasing.
-        del embedding, prefill, lm
+        past_kv = torch.zeros(llm.kv_shape(), dtype=patch_embeds.dtype)
+        yield "vla_llm", (llm, (input_ids, patch_embeds, attention_mask, position_ids, past_kv),
+                          list(LLM_INPUTS), ["logits", "next_token", "present_kv"],
+                          (LLM_SEQUENCE_INPUTS, layout.sequence_gears))
+        # The graph wrapper holds the language model's parameters too; drop it before releasing.
+        del llm
         model.release_weights("language_model.")
         _return_freed_memory()
 

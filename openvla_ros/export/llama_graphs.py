@@ -1,23 +1,24 @@
-"""Export-friendly Llama prefill and decoder graphs with a fixed-capacity KV cache.
+"""An export-friendly Llama graph serving prefill and decode, with a fixed-capacity KV cache.
 
-Built from (and sharing the weights of) a transformers `LlamaForCausalLM`, they reproduce its
-numerics with ops that ATC's ONNX parser accepts and static shapes only:
+Built from (and sharing the weights of) a transformers `LlamaForCausalLM`, it reproduces its
+numerics with ops that ATC's ONNX parser accepts, and one dynamic axis (the sequence length S
+of the call: L for the prefill, 1 for a decode step), which ATC compiles as two static shape
+gears of one model, so the device holds one copy of the weights:
 - RMSNorm as x * rsqrt(sum(x * x) / N + eps), reduced in float32 (no `pow`, no ReduceMean: the
   reference recipe's modeling_llama.patch replaces mean() by sum()/N for the 310P, whose LLM graphs
   it converts with precision `origin`);
 - rotary embeddings as constant cos/sin tables (taken from the model's own rotary module, so any
   rope scaling carries over) gathered by position;
-- attention masks built by comparisons against constant index vectors (no `triu`), applied with
-  `Where` before a float32 softmax;
-- the decoder attends to the cached slots before `cache_position` plus the new token's own K/V,
-  then writes that K/V into the cache with one `ScatterElements` (no per-layer blend or re-concat).
+- attention masks built by comparisons of the positions against constant index vectors (no
+  `triu`), applied with `Where` before a float32 softmax;
+- each call attends to the cached slots before its first position plus its own new K/V, then
+  writes those K/V into the cache with one `ScatterElements` (no per-layer blend or re-concat).
 
-The KV cache is one tensor [layers, 2 (key, value), 1, kv_heads, capacity, head_dim]. Prefill
-writes slots 0..L-1 (zeros beyond); each decoder run returns the whole cache with slot
-`cache_position` replaced, so a runtime feeds the output buffer back as the next input.
-Both graphs return the logits at the position that predicts the next token and their argmax
-(`next_token`, int64 [1, 1]; first maximum on ties, like torch.argmax), so a device runtime can
-copy back 8 bytes instead of the logits.
+The KV cache is one tensor [layers, 2 (key, value), 1, kv_heads, capacity, head_dim]; each call
+returns the whole cache with its positions' slots replaced, so a runtime feeds the output buffer
+back as the next input. The graph returns the logits at the position that predicts the next token
+and their argmax (`next_token`, int64 [1, 1]; first maximum on ties, like torch.argmax), so a
+device runtime copies back 8 bytes instead of the logits.
 """
 from __future__ import annotations
 
@@ -85,16 +86,32 @@ class ExportLlamaLayer(nn.Module):
         return x + self.mlp(self.post_norm(x))
 
 
-class _LlamaGraphBase(nn.Module):
-    """Shared pieces of the prefill and decoder graphs."""
+class LlmGraph(nn.Module):
+    """(input_ids, patch_embeds, attention_mask, position_ids, past_kv) -> (logits, next_token,
+    present_kv): prefill and every decode step in one graph, so the device holds one copy of the
+    LLM weights. S, the length of `input_ids`/`attention_mask`/`position_ids`, is the graph's one
+    dynamic axis: L for the prefill, 1 for a decode step (two ATC shape gears).
 
-    def __init__(self, language_model: nn.Module, capacity: int) -> None:
+    - Prefill (S = L): ids [BOS, pad x P, text, pad...] at positions 0..L-1; the embeddings of
+      positions 1..P are replaced by `patch_embeds`, so the sequence is the reference's
+      [BOS, patches, text] right-padded; `attention_mask` marks its n real positions.
+    - Decode (S = 1): the previous step's `next_token` buffer as `input_ids`, its position (the
+      cache slot it writes) as `position_ids`, mask [[1]]; `patch_embeds` is bound but unused.
+    Each query attends to the cached slots before the first new position (none in the prefill)
+    and causally to the new tokens; the new K/V are then written at `position_ids` with one
+    ScatterElements, so a runtime feeds `present_kv` back as the next step's `past_kv`. Cache
+    slots never written (a fresh device buffer may hold NaN bit patterns) are zeroed before they
+    meet a zero attention weight, so they cannot poison the sum.
+    """
+
+    def __init__(self, language_model: nn.Module, num_patches: int, capacity: int) -> None:
         super().__init__()
         config = language_model.config
         self.num_heads = int(config.num_attention_heads)
         self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.num_heads)
-        self.capacity = capacity
+        self.num_patches, self.capacity = num_patches, capacity
+        self.embed_tokens = language_model.model.embed_tokens
         self.layers = nn.ModuleList(
             ExportLlamaLayer(layer, self.num_heads, self.num_kv_heads, self.head_dim)
             for layer in language_model.model.layers
@@ -112,81 +129,45 @@ class _LlamaGraphBase(nn.Module):
     def kv_shape(self) -> tuple[int, ...]:
         return (len(self.layers), 2, 1, self.num_kv_heads, self.capacity, self.head_dim)
 
-    def head(self, hidden: torch.Tensor):
-        """hidden [1, 1, H] -> logits [1, V] and next_token int64 [1, 1]."""
-        logits = self.lm_head(self.norm(hidden)).reshape(1, -1)
-        return logits, torch.argmax(logits, dim=-1, keepdim=True)
+    def _embed(self, input_ids, patch_embeds, position_ids):
+        """Token embeddings with positions 1..P taken from `patch_embeds` ([1, S, H])."""
+        x = self.embed_tokens(input_ids)
+        # Strict comparisons only (Less/Greater; GreaterOrEqual/LessOrEqual are outside ATC_OPS).
+        is_patch = (position_ids > 0) & (position_ids < self.num_patches + 1)  # [1, S]
+        # Where instead of a clamp (Clip is outside the ATC op set here): index 0 off the patches.
+        row = torch.where(is_patch, position_ids - 1, torch.tensor(0))
+        patches = patch_embeds.index_select(1, row.reshape(-1))
+        return torch.where(is_patch[..., None], patches, x)
 
-
-class PrefillGraph(_LlamaGraphBase):
-    """(token_embeds, patch_embeds, attention_mask, position_ids) -> (logits, next_token, present_kv).
-
-    The multimodal sequence is [token_embeds[:, :1] (BOS), patch_embeds, token_embeds[:, 1:]]
-    (length L, right-padded); `attention_mask` marks its real positions and the logits come from
-    the last real one (index sum(mask) - 1).
-    """
-
-    def __init__(self, language_model: nn.Module, length: int, capacity: int) -> None:
-        super().__init__(language_model, capacity)
-        self.length = length
-        idx = torch.arange(length)
-        self.register_buffer("causal", (idx[None, :] <= idx[:, None])[None, None], persistent=False)
-        dtype = language_model.lm_head.weight.dtype
-        self.register_buffer(
-            "kv_tail", torch.zeros(1, self.num_kv_heads, capacity - length, self.head_dim, dtype=dtype),
-            persistent=False,
-        )
-
-    def forward(self, token_embeds, patch_embeds, attention_mask, position_ids):
-        x = torch.cat((token_embeds[:, :1], patch_embeds, token_embeds[:, 1:]), dim=1)
-        cos = self.cos_table[position_ids][:, None]  # [1, 1, L, D]
+    def forward(self, input_ids, patch_embeds, attention_mask, position_ids, past_kv):
+        x = self._embed(input_ids, patch_embeds, position_ids)
+        cos = self.cos_table[position_ids][:, None]  # [1, 1, S, D]
         sin = self.sin_table[position_ids][:, None]
-        allowed = self.causal & (attention_mask > 0)[:, None, None, :]
-        last = attention_mask.sum(-1) - 1  # [1]
-        present = []
-        for index, layer in enumerate(self.layers):
-            q, k, v = layer.project(x, cos, sin)
-            if index == len(self.layers) - 1:
-                # Only the last real position's output feeds the logits, so the last layer attends
-                # and runs its MLP for that one query (every position's K/V is still cached).
-                x, q, allowed = x.index_select(1, last), q.index_select(2, last), allowed.index_select(2, last)
-            x = layer.finish(x, q, k, v, allowed)
-            present.append(torch.stack((torch.cat((k, self.kv_tail), 2), torch.cat((v, self.kv_tail), 2))))
-        logits, next_token = self.head(x)
-        return logits, next_token, torch.stack(present)
-
-
-class DecoderGraph(_LlamaGraphBase):
-    """(token, cache_position, past_kv) -> (logits, next_token, present_kv): one greedy step.
-
-    Embeds `token` itself (so the previous step's `next_token` buffer feeds it directly), writes
-    its K/V at slot `cache_position` and attends to slots <= cache_position.
-    """
-
-    def __init__(self, language_model: nn.Module, capacity: int) -> None:
-        super().__init__(language_model, capacity)
-        self.embed_tokens = language_model.model.embed_tokens
-
-    def forward(self, token, cache_position, past_kv):
-        x = self.embed_tokens(token)  # [1, 1, H]
-        cos = self.cos_table.index_select(0, cache_position)[None, None]  # [1, 1, 1, D]
-        sin = self.sin_table.index_select(0, cache_position)[None, None]
-        # Keys: the cached slots before cache_position, then the new token's own K/V appended as
-        # one extra slot, so attention reads the input cache as is and the cache is written once.
-        own_slot = torch.ones(1, dtype=torch.bool)
-        allowed = torch.cat((self.slots < cache_position, own_slot)).view(1, 1, 1, self.capacity + 1)
-        # One flat index per (layer, key/value): the runtime then splits the cache in one pass.
+        start = position_ids[:, :1]  # [1, 1]: the first slot this call writes
+        cached = self.slots[None, :] < start  # [1, C]: slots written by earlier calls
+        # Query i may read cached slot j (j < start) and new token k if k is real and k <= i.
+        read_cached = cached[:, None, :] & (position_ids[:, :, None] > -1)  # [1, S, C]
+        read_new = (position_ids[:, None, :] < position_ids[:, :, None] + 1) & (attention_mask > 0)[:, None, :]
+        allowed = torch.cat((read_cached, read_new), dim=2)[:, None]  # [1, 1, S, C + S]
+        keep = cached.reshape(1, 1, -1, 1)
+        last = attention_mask.sum(-1) - 1  # [1]: the last real position predicts the next token
         past = past_kv.reshape((len(self.layers) * 2,) + past_kv.shape[2:])
         new_kv = []
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project(x, cos, sin)
             keys = torch.cat((past[2 * i], k), 2)
-            values = torch.cat((past[2 * i + 1], v), 2)
-            x = layer.finish(x, q, keys, values, allowed)
+            values = torch.cat((torch.where(keep, past[2 * i + 1], torch.tensor(0.0, dtype=v.dtype)), v), 2)
+            layer_allowed = allowed
+            if i == len(self.layers) - 1:
+                # Only the last real position's output feeds the logits, so the last layer attends
+                # and runs its MLP for that one query (every position's K/V is still cached).
+                x, q, layer_allowed = x.index_select(1, last), q.index_select(2, last), allowed.index_select(2, last)
+            x = layer.finish(x, q, keys, values, layer_allowed)
             new_kv.append(torch.stack((k, v)))
-        logits, next_token = self.head(x)
-        layers = len(self.layers)
-        slot = cache_position.view(1, 1, 1, 1, 1, 1).expand(layers, 2, 1, self.num_kv_heads, 1, self.head_dim)
+        logits = self.lm_head(self.norm(x)).reshape(1, -1)
+        next_token = torch.argmax(logits, dim=-1, keepdim=True)
+        slot = position_ids.reshape(1, 1, 1, 1, -1, 1).expand(len(self.layers), 2, 1, self.num_kv_heads, -1,
+                                                                self.head_dim)
         return logits, next_token, past_kv.scatter(4, slot, torch.stack(new_kv))
 
 

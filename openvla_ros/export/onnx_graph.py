@@ -21,7 +21,7 @@ import torch
 
 from openvla_ros.export.fold import fold_static_shapes
 from openvla_ros.export.onnx_weights import stream_weights
-from openvla_ros.runtime.manifest import TensorSpec
+from openvla_ros.runtime.manifest import SEQUENCE_AXIS, TensorSpec
 
 OPSET = 14  # what the reference Ascend conversion uses; ATC accepts opsets up to 17
 MAX_OPSET = 17
@@ -50,6 +50,7 @@ class GraphReport:
     op_types: tuple[str, ...]
     opset: int
     nbytes: int
+    sequence_inputs: tuple[str, ...] = ()  # inputs whose axis 1 is the dynamic sequence axis
 
 
 def export_module(
@@ -59,9 +60,12 @@ def export_module(
     input_names: Sequence[str],
     output_names: Sequence[str],
     opset: int = OPSET,
+    sequence_inputs: Sequence[str] = (),
 ) -> None:
-    """Export `module(*args)` to `path` with static shapes and folded shape arithmetic; the weights
-    of graphs above `EXTERNAL_DATA_THRESHOLD` go to one side file `<path>.data`.
+    """Export `module(*args)` to `path` with folded shape arithmetic; the weights of graphs above
+    `EXTERNAL_DATA_THRESHOLD` go to one side file `<path>.data`. `sequence_inputs` get one dynamic
+    axis, axis 1, named `SEQUENCE_AXIS` (the shared LLM graph's shape gears); every other dim is
+    static.
 
     Traced without weights (see export/onnx_weights.py), which are then streamed from `module` one
     tensor at a time: the export holds no serialized copy of a large graph's weights."""
@@ -78,8 +82,11 @@ def export_module(
                 module, args, str(traced), dynamo=False, opset_version=opset,
                 input_names=list(input_names), output_names=list(output_names),
                 export_params=False, do_constant_folding=False,
+                dynamic_axes={name: {1: SEQUENCE_AXIS} for name in sequence_inputs} or None,
             )
         model = fold_static_shapes(onnx.load(str(traced)))
+        if sequence_inputs:
+            _declare_outputs_static(model, int(args[list(input_names).index(sequence_inputs[0])].shape[1]))
         data = Path(scratch) / (path.name + ".data")
         if stream_weights(model, module, data) > EXTERNAL_DATA_THRESHOLD:
             _inline_small_tensors(model, scratch)
@@ -99,28 +106,64 @@ def _inline_small_tensors(model: onnx.ModelProto, base_dir: str) -> None:
             tensor.data_location = onnx.TensorProto.DEFAULT
 
 
-def _static_dims(value: onnx.ValueInfoProto, where: str) -> tuple[int, ...]:
+def _static_dims(value: onnx.ValueInfoProto, where: str, gear: int | None = None) -> tuple[int, ...]:
+    """The dims of `value`; with `gear`, the sequence axis symbol counts as that value."""
     tensor = value.type.tensor_type
     if not tensor.HasField("shape"):
         raise ValueError(f"{where}: {value.name!r} has no inferred shape")
     dims = []
     for dim in tensor.shape.dim:
+        if gear is not None and dim.dim_param == SEQUENCE_AXIS:
+            dims.append(gear)
+            continue
         if not dim.HasField("dim_value") or dim.dim_value < 0:
             raise ValueError(f"{where}: {value.name!r} has a non-static dim ({dim.dim_param or 'unknown'})")
         dims.append(int(dim.dim_value))
     return tuple(dims)
 
 
-def _spec(value: onnx.ValueInfoProto, where: str) -> TensorSpec:
-    dims = _static_dims(value, where)
+def _spec(value: onnx.ValueInfoProto, where: str, gear: int | None = None) -> TensorSpec:
+    dims = _static_dims(value, where, gear)
     tensor = value.type.tensor_type
     if tensor.elem_type not in _ELEM_TO_NUMPY:
         raise ValueError(f"{where}: {value.name!r} has unsupported element type {tensor.elem_type}")
     return TensorSpec(value.name, dims, _ELEM_TO_NUMPY[tensor.elem_type])
 
 
-def check_graph(path: Path) -> GraphReport:
-    """Validate an exported graph (see module docstring); ValueError naming the first problem."""
+def _sequence_inputs(model: onnx.ModelProto) -> tuple[str, ...]:
+    return tuple(v.name for v in model.graph.input
+                 if any(d.dim_param == SEQUENCE_AXIS for d in v.type.tensor_type.shape.dim))
+
+
+def _at_gear(model: onnx.ModelProto, gear: int) -> onnx.ModelProto:
+    """A copy of `model`'s structure (no weights) with the sequence axis fixed to `gear`, as ATC
+    compiles each gear: a static graph per gear."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == SEQUENCE_AXIS:
+                dim.Clear()
+                dim.dim_value = gear
+    return fixed
+
+
+def _declare_outputs_static(model: onnx.ModelProto, gear: int) -> None:
+    """The exporter declares outputs computed through the dynamic axis with symbolic dims even
+    where they do not depend on it (logits, the KV cache); declare them as inferred at `gear`
+    (check_graph then requires the same shapes at every gear)."""
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(_at_gear(model, gear), strict_mode=True).graph.output}
+    for output in model.graph.output:
+        output.type.CopyFrom(inferred[output.name].type)
+
+
+def check_graph(path: Path, sequence_gears: Sequence[int] = ()) -> GraphReport:
+    """Validate an exported graph (see module docstring); ValueError naming the first problem.
+
+    With `sequence_gears` the graph's inputs may carry the one dynamic axis `SEQUENCE_AXIS`
+    (axis 1); shape inference must then leave every dim static at each gear, as ATC's
+    `--dynamic_dims` needs (it compiles one static graph per gear and refuses intermediate
+    dynamic shapes), and the outputs must not depend on the gear."""
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
@@ -130,13 +173,26 @@ def check_graph(path: Path) -> GraphReport:
                      | {n.op_type for n in model.graph.node} - ATC_OPS)
     if foreign:
         raise ValueError(f"{path.name}: ops outside the ATC-supported set: {foreign}")
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
-        _static_dims(value, f"{path.name} (inferred)")
+    sequence_inputs = _sequence_inputs(model)
+    if sequence_inputs and not sequence_gears:
+        raise ValueError(f"{path.name}: inputs {list(sequence_inputs)} have a non-static dim ({SEQUENCE_AXIS}) "
+                         f"but no shape gears were given")
+    for gear in sequence_gears or (None,):
+        where = f"{path.name} (inferred{'' if gear is None else f' at sequence gear {gear}'})"
+        inferred = onnx.shape_inference.infer_shapes(model if gear is None else _at_gear(model, gear),
+                                                     strict_mode=True)
+        for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+            _static_dims(value, where)
+        for value, declared in zip(inferred.graph.output, model.graph.output):
+            if _static_dims(value, where) != _static_dims(declared, path.name):
+                raise ValueError(f"{where}: output {value.name!r} is {list(_static_dims(value, where))}, "
+                                 f"declared {list(_static_dims(declared, path.name))}: outputs must not depend on the gear")
+    largest = max(sequence_gears) if sequence_gears else None
     return GraphReport(
-        inputs=tuple(_spec(v, path.name) for v in model.graph.input),
+        inputs=tuple(_spec(v, path.name, largest) for v in model.graph.input),
         outputs=tuple(_spec(v, path.name) for v in model.graph.output),
         op_types=tuple(sorted({n.op_type for n in model.graph.node})),
         opset=opset,
         nbytes=path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data")),
+        sequence_inputs=sequence_inputs,
     )

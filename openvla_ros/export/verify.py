@@ -2,10 +2,10 @@
 
 For each case (an all-zeros image and seeded random images, with a fixed instruction) the torch
 reference policy gives the action tokens and actions, and the reference model's modules give each
-graph's expected outputs: vision features, projector output, token embeddings, prefill logits and
+graph's expected outputs: vision features, projector output, prefill logits and
 KV cache (HF `LlamaForCausalLM` on the unpadded sequence), and the decoder logits per step and
 final KV cache (HF greedy decode with its own cache). The ONNX pipeline runs with `capture=True`
-and every captured output is compared (max / mean abs diff; KV caches on the filled slots only;
+and every captured output is compared (max / mean abs diff; KV caches on the slots of real positions, as captured;
 decoder outputs only for cases whose token sequences agree, since otherwise the two decoders
 were fed different tokens).
 Without an `unnorm_key` the norm stats with the most action dims are used. Passing means: token agreement >= `min_token_agreement` (1.0 by default for fp32 exports) and,
@@ -20,20 +20,17 @@ import numpy as np
 import torch
 
 from openvla_ros.runtime.manifest import Manifest
-from openvla_ros.runtime.pipeline import layout_prompt
+from openvla_ros.runtime.pipeline import DECODE_STAGE, PREFILL_STAGE
 from openvla_ros.runtime.verify_runtimes import (DEFAULT_MIN_AGREEMENT, VerifyCase, case_result, default_cases,
                                                  graph_diffs, verdict)
 
 
-def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], tokens: list[int],
-                       manifest) -> dict[str, np.ndarray]:
+def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], tokens: list[int]) -> dict[str, np.ndarray]:
     """What each graph should output, from the torch reference model's modules (float32)."""
     lm = model.language_model
-    prompt = layout_prompt(prompt_ids, manifest)
     with torch.no_grad():
         features = model.vision_backbone(torch.from_numpy(pixel_values))
         patches = model.projector(features)
-        padded = lm.model.embed_tokens(torch.from_numpy(prompt.input_ids))
         ids = torch.tensor([prompt_ids])
         embeds = lm.model.embed_tokens(ids)
         sequence = torch.cat((embeds[:, :1], patches, embeds[:, 1:]), dim=1)
@@ -47,11 +44,10 @@ def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], t
     return {
         "vision_backbone.patch_features": features.numpy(),
         "projector.patch_embeds": patches.numpy(),
-        "embedding.token_embeds": padded.numpy(),
-        "vla_prefill.logits": prefill_logits.numpy(),
-        "vla_prefill.present_kv": prefill_kv,
-        "vla_decoder.logits": torch.stack(step_logits).numpy() if step_logits else np.zeros((0,)),
-        "vla_decoder.present_kv": _kv_array(cache),
+        f"{PREFILL_STAGE}.logits": prefill_logits.numpy(),
+        f"{PREFILL_STAGE}.present_kv": prefill_kv,
+        f"{DECODE_STAGE}.logits": torch.stack(step_logits).numpy() if step_logits else np.zeros((0,)),
+        f"{DECODE_STAGE}.present_kv": _kv_array(cache),
     }
 
 
@@ -94,12 +90,8 @@ def verify_export(
             ref = reference.predict(case.image, case.instruction)
             got, generation = runtime.predict_detailed(case.image, case.instruction, capture=True)
             pixel_values, _ = runtime.prepare(case.image, case.instruction)
-            expected = _reference_outputs(reference.model, pixel_values, ref.prompt_ids, ref.action_token_ids, manifest)
-            filled = {"vla_prefill.present_kv": expected["vla_prefill.present_kv"].shape[4],
-                      "vla_decoder.present_kv": expected["vla_decoder.present_kv"].shape[4]}
-            captured = {key: value[:, :, :, :, : filled[key]] if key in filled else value
-                        for key, value in generation.captured.items()}
-            diffs = graph_diffs(expected, captured, got.action_token_ids == ref.action_token_ids, per_output)
+            expected = _reference_outputs(reference.model, pixel_values, ref.prompt_ids, ref.action_token_ids)
+            diffs = graph_diffs(expected, generation.captured, got.action_token_ids == ref.action_token_ids, per_output)
             results.append(case_result(case, got, ref, diffs))
     finally:
         runtime.close()

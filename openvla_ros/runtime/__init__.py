@@ -4,7 +4,7 @@ Layers, top to bottom:
 - `policy.RuntimePolicy`: the `Policy` protocol (preprocess -> pipeline -> action decoding);
   `chunk_policy.RuntimeChunkPolicy` for OpenVLA-OFT exports (images + state -> an action chunk);
 - `chunk_pipeline.ChunkPipeline`: OFT's graphs, one bidirectional pass, no cache (every backend);
-- `pipeline.GraphPipeline`: the five graphs, buffer plan, greedy decode with the KV cache kept in
+- `pipeline.GraphPipeline`: the graphs, buffer plan, greedy decode with the KV cache kept in
   runtime memory (shared by every backend);
 - `session.GraphRuntime`: "run this graph with these buffers", implemented by
   `onnxruntime_backend.OnnxRuntimeGraphs` (OrtValues + IO binding) and `om_backend.AclGraphs`

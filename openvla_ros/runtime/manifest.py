@@ -1,13 +1,16 @@
 """`manifest.json`: everything a runtime needs to run an exported model without torch or the checkpoint.
 
-An export directory holds the five graphs (`<graph>.onnx`, or `<graph>.om` after ATC), the
+An export directory holds the graphs (`<graph>.onnx`, or `<graph>.om` after ATC), the
 processor files copied from the checkpoint (tokenizer, preprocessor config, config.json) and this
 manifest. The manifest records each graph's input/output names, static shapes and dtypes in the
 order the graph declares them (the OM adapter checks them by name against the .om model
 description), the sequence layout (L = 1 + patches + max text tokens, KV capacity = L + action
 dim), the special token ids and the action norm stats, and (since file records were added) the
 size and SHA-256 of every file the export or conversion produced (`files`). A manifest without
-`files` still loads: its files are then only checked for presence.
+`files` still loads: its files are then only checked for presence. The LLM graph `vla_llm`
+also records its shape gears (`sequence_inputs`, `sequence_gears`, see GraphSpec). Exports made
+before it (separate `vla_prefill` and `vla_decoder` graphs, two copies of the LLM weights) are
+refused with one line saying to re-export.
 
 An OpenVLA-OFT export (`model_family` "oft") holds `OFT_GRAPH_NAMES` instead (no decoder: one
 bidirectional pass over the prompt and the action placeholders) and an "oft" section: the chunk
@@ -30,16 +33,21 @@ MANIFEST_FORMAT = "openvla-ros-graphs"
 # `files` was added without a version bump: readers that predate it ignore it (it lands in their
 # `extra`), and this reader loads manifests without it, so exports made either way keep loading.
 MANIFEST_VERSION = 1
+LEGACY_REMEDY = ("re-export the checkpoint with `openvla-ros export` (one vla_llm graph for prefill and decode), "
+                 "then `openvla-ros convert-om` again for the om backend")
 MANIFEST_REMEDY = "re-copy the export directory, or re-export it (`openvla-ros export`)"
 
 # Execution order of the split graphs; also the file stems (`<name>.onnx` / `<name>.om`).
-GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "vla_prefill", "vla_decoder")
+GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "vla_llm")
+# The LLM graphs of exports made before the shared LLM graph, each with its own copy of the weights.
+LEGACY_LLM_GRAPHS: tuple[str, ...] = ("vla_prefill", "vla_decoder")
 # OpenVLA-OFT: vision and projector run once per image, then one pass and the action head.
 OFT_GRAPH_NAMES: tuple[str, ...] = ("vision_backbone", "projector", "embedding", "proprio_projector", "oft_llm",
                                     "action_head")
 MODEL_FAMILIES: tuple[str, ...] = ("openvla", "oft")
 DTYPES: tuple[str, ...] = ("fp32", "fp16")
 TENSOR_DTYPES: tuple[str, ...] = ("float32", "float16", "int64")
+SEQUENCE_AXIS = "sequence"  # the ONNX name of a geared graph's one dynamic axis (axis 1 of its sequence inputs)
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,28 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One exported graph: its file and its ordered inputs and outputs."""
+    """One exported graph: its file and its ordered inputs and outputs.
+
+    A graph with shape gears (the shared LLM graph) has one dynamic axis, axis 1 of each of
+    `sequence_inputs`, which takes one of `sequence_gears` per run (ATC `--dynamic_dims`); its
+    TensorSpecs record those inputs at the first gear (the largest, the prefill's L), and
+    `at_sequence(s)` gives the spec of one gear."""
 
     name: str
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    sequence_inputs: tuple[str, ...] = ()
+    sequence_gears: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if bool(self.sequence_inputs) != bool(self.sequence_gears):
+            raise ValueError(f"graph {self.name!r}: sequence_inputs and sequence_gears go together")
+        for name in self.sequence_inputs:
+            spec = self.input(name)
+            if len(spec.shape) < 2 or spec.shape[1] != max(self.sequence_gears):
+                raise ValueError(f"graph {self.name!r}: input {name!r} {list(spec.shape)} is not recorded at the "
+                                 f"largest sequence gear {max(self.sequence_gears)} on axis 1")
 
     def input(self, name: str) -> TensorSpec:
         return _find(self.inputs, name, f"graph {self.name!r} input")
@@ -83,11 +107,23 @@ class GraphSpec:
     def output(self, name: str) -> TensorSpec:
         return _find(self.outputs, name, f"graph {self.name!r} output")
 
+    def at_sequence(self, length: int) -> "GraphSpec":
+        """This graph's spec with the sequence axis at gear `length` (ValueError if not a gear)."""
+        if length not in self.sequence_gears:
+            raise ValueError(f"graph {self.name!r}: sequence length {length} is not one of its shape gears "
+                             f"{list(self.sequence_gears)}")
+        inputs = tuple(TensorSpec(t.name, (t.shape[0], length) + t.shape[2:], t.dtype)
+                       if t.name in self.sequence_inputs else t for t in self.inputs)
+        return GraphSpec(self.name, self.file, inputs, self.outputs)
+
     def to_json(self) -> dict[str, Any]:
+        gears = {"sequence_inputs": list(self.sequence_inputs), "sequence_gears": list(self.sequence_gears)} \
+            if self.sequence_gears else {}
         return {
             "file": self.file,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
+            **gears,
         }
 
     @classmethod
@@ -97,6 +133,8 @@ class GraphSpec:
             file=str(data["file"]),
             inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+            sequence_inputs=tuple(str(n) for n in data.get("sequence_inputs", ())),
+            sequence_gears=tuple(int(g) for g in data.get("sequence_gears", ())),
         )
 
 
@@ -122,6 +160,11 @@ class SequenceLayout:
     @property
     def kv_capacity(self) -> int:
         return self.length + self.action_dim
+
+    @property
+    def sequence_gears(self) -> tuple[int, int]:
+        """The LLM graph's shape gears: the prefill's length L, then 1 for a decode step."""
+        return (self.length, 1)
 
 
 @dataclass(frozen=True)
@@ -219,6 +262,12 @@ class Manifest:
                 else f"a JSON {type(data).__name__}"
             raise InvalidModelFile(path, f"not an openvla-ros manifest: {found}, expected {MANIFEST_FORMAT!r} "
                                          f"v{MANIFEST_VERSION}", MANIFEST_REMEDY)
+        graphs = data.get("graphs")
+        if data.get("model_family", "openvla") == "openvla" and isinstance(graphs, dict) \
+                and set(LEGACY_LLM_GRAPHS) <= set(graphs):
+            raise InvalidModelFile(path, "an export made before the shared LLM graph: separate vla_prefill and "
+                                         "vla_decoder graphs, each with its own copy of the LLM weights",
+                                   LEGACY_REMEDY)
         try:
             return cls._from_json(directory, data)
         except (KeyError, TypeError, ValueError) as exc:

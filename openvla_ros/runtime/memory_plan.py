@@ -1,8 +1,9 @@
 """Device-memory plan of an export on the NPU, computed from the checkpoint's config dims (no torch,
 no weights needed): per graph the weights it carries, its input/output buffers (activations the
-pipeline allocates), and the KV cache buffers; in total for the current five-graph layout, where
-`vla_prefill` and `vla_decoder` each carry a full copy of the LLM weights, and for a layout that
-shares one copy between them (issue 12 item 1, not implemented yet).
+pipeline allocates), and the KV cache buffers; in total for the export's layout, where one LLM
+graph (`vla_llm`, two shape gears) serves prefill and decode, so the device holds one copy of the
+LLM weights. For comparison, the total of the earlier layout (separate prefill and decoder graphs,
+each with its own copy, plus an embedding graph) is reported too.
 
 Parameter counts follow the clean-room model (checked against the exported graphs' weights in
 test_memory_plan.py): each ViT runs its blocks up to the
@@ -40,6 +41,7 @@ class MemoryPlan:
     pipeline_activation_bytes: int  # each pipeline buffer once (graphs share them)
     kv_bytes: int  # the two ping-pong KV buffers
     llm_weight_bytes: int  # one copy of the LLM layers + final norm + lm_head
+    embedding_weight_bytes: int  # the token embedding table (in vla_llm)
 
     @property
     def weight_bytes(self) -> int:
@@ -50,9 +52,10 @@ class MemoryPlan:
         return self.weight_bytes + self.pipeline_activation_bytes + self.kv_bytes
 
     @property
-    def shared_llm_total_bytes(self) -> int:
-        """The total with one LLM weight copy shared by prefill and decoder."""
-        return self.total_bytes - self.llm_weight_bytes
+    def two_graph_total_bytes(self) -> int:
+        """The total of the earlier layout: a second LLM copy in the decoder graph, and the
+        embedding table in an embedding graph as well."""
+        return self.total_bytes + self.llm_weight_bytes + self.embedding_weight_bytes
 
     def to_json(self) -> dict:
         return {
@@ -63,7 +66,8 @@ class MemoryPlan:
                        for g in self.graphs},
             "total": {"weights": self.weight_bytes, "activations": self.pipeline_activation_bytes,
                       "kv": self.kv_bytes, "all": self.total_bytes},
-            "shared_llm_weights_total": self.shared_llm_total_bytes,
+            "llm_weight_copies": 1,
+            "two_graph_layout_total": self.two_graph_total_bytes,
             "not_included": "ATC per-model working memory (acl.mdl.query_size on the card); folded constant tables",
         }
 
@@ -111,24 +115,22 @@ def memory_plan(config: OpenVLAConfig, dtype: str, max_text_tokens: int, action_
     pixels = 3 * len(config.vision) * size * size * 4  # pixel_values stay float32 in every export
     features = patches * dv * b
     patch_embeds = patches * d * b
-    ids = (1 + max_text_tokens) * INT64
-    token_embeds = (1 + max_text_tokens) * d * b
-    mask_and_positions = 2 * layout.length * INT64
+    prompt = 3 * layout.length * INT64  # input_ids, attention_mask, position_ids at the prefill gear
     logits = vocab * b
     token = INT64
     kv = layers * 2 * kv_heads * layout.kv_capacity * head_dim * b
     graphs = (
         GraphPlan("vision_backbone", vision_w, pixels + features, 0),
         GraphPlan("projector", projector_w, features + patch_embeds, 0),
-        GraphPlan("embedding", embedding_w, ids + token_embeds, 0),
-        GraphPlan("vla_prefill", llm_w, token_embeds + patch_embeds + mask_and_positions + logits + token, kv),
-        # the decoder embeds its input token itself, so it also carries the embedding table
-        GraphPlan("vla_decoder", llm_w + embedding_w, 2 * token + INT64 + logits, 2 * kv),
+        # one LLM graph for prefill and decode: it embeds its input ids itself, and reads one KV
+        # buffer while writing the other
+        GraphPlan("vla_llm", llm_w + embedding_w, prompt + patch_embeds + logits + token, 2 * kv),
     )
-    # The pipeline's buffers, each once: pixels, features, patch embeds, ids, token embeds, mask +
-    # positions, prefill and decoder logits, cache position, two token buffers (KV separately).
-    pipeline = pixels + features + patch_embeds + ids + token_embeds + mask_and_positions + 2 * logits + INT64 + 2 * token
-    return MemoryPlan(dtype, layout, graphs, pipeline, 2 * kv, llm_w)
+    # The pipeline's buffers, each once: pixels, features, patch embeds, the prefill gear's ids,
+    # mask and positions, logits, the decode gear's mask and position, two token buffers (KV
+    # separately).
+    pipeline = pixels + features + patch_embeds + prompt + logits + 2 * INT64 + 2 * token
+    return MemoryPlan(dtype, layout, graphs, pipeline, 2 * kv, llm_w, embedding_w)
 
 
 def format_plan(plan: MemoryPlan, card_gb: float | None = None) -> str:
@@ -141,13 +143,10 @@ def format_plan(plan: MemoryPlan, card_gb: float | None = None) -> str:
     for g in plan.graphs:
         lines.append(f"{g.name:18s}{gb(g.weight_bytes)}{gb(g.activation_bytes)}{gb(g.kv_bytes)}")
     lines.append(f"{'total':18s}{gb(plan.weight_bytes)}{gb(plan.pipeline_activation_bytes)}{gb(plan.kv_bytes)}"
-                 f"  = {plan.total_bytes / GB:.2f} GB (current layout: LLM weights in prefill and decoder)")
-    lines.append(f"{'':18s}one shared LLM weight copy (issue 12 item 1): {plan.shared_llm_total_bytes / GB:.2f} GB")
+                 f"  = {plan.total_bytes / GB:.2f} GB (one LLM weight copy: vla_llm serves prefill and decode)")
+    lines.append(f"{'':18s}(the earlier two-graph layout, a copy in each: {plan.two_graph_total_bytes / GB:.2f} GB)")
     lines.append("not included: ATC's per-model working memory (acl.mdl.query_size on the card), folded constants")
     if card_gb is not None:
-        def fits(n: int) -> str:
-            return "fits" if n <= card_gb * GB else "does NOT fit"
-
-        lines.append(f"card with {card_gb:g} GB: the current layout {fits(plan.total_bytes)}; "
-                     f"with one shared LLM weight copy it {fits(plan.shared_llm_total_bytes)}")
+        verdict = "fits" if plan.total_bytes <= card_gb * GB else "does NOT fit"
+        lines.append(f"card with {card_gb:g} GB: {verdict} ({(card_gb * GB - plan.total_bytes) / GB:.2f} GB left)")
     return "\n".join(lines)

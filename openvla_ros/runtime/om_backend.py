@@ -1,4 +1,4 @@
-"""Ascend OM backend: the five `.om` graphs executed with pyACL on a 310P NPU.
+"""Ascend OM backend: the `.om` graphs executed with pyACL on a 310P NPU.
 
 Deliberately thin: it only maps the `GraphRuntime` calls onto pyACL. Buffers are device memory
 (`acl.rt.malloc`) wrapped in aclDataBuffers; `run` binds them into aclmdlDatasets in the order the
@@ -14,11 +14,27 @@ context on whichever thread calls.
 
 Facts used (CANN pyACL API reference, aclpythondevg_01_*; cited where used): calls returning a
 handle return `(handle, ret)` (`acl.rt.malloc`, `acl.rt.create_context`, `acl.mdl.load_from_file`,
-`acl.mdl.add_dataset_buffer` -> `(dataset, ret)`); `acl.rt.memcpy`, `set_context`, `free`,
+`acl.mdl.add_dataset_buffer` -> `(dataset, ret)`, `get_input_index_by_name` -> `(index, ret)`,
+`get_input_dynamic_gear_count` -> `(count, ret)`); `acl.rt.memcpy`, `set_input_dynamic_dims`, `set_context`, `free`,
 `execute`, `unload`, `destroy_*` return `ret`; `acl.mdl.create_desc`/`create_dataset`/
 `acl.create_data_buffer` return the handle alone; the description getters return plain values
 (`get_input_name_by_index` -> str, `get_input_data_type` -> aclDataType int,
 `get_input_size_by_index` -> int).
+
+The shared LLM graph (`vla_llm`) is one OM model converted with ATC shape gears (`--input_shape`
+with -1 on the sequence axis, `--dynamic_dims` "L,L,L;1,1,1", `--input_format=ND`: ATC tool guide,
+--dynamic_dims, atlasatc_16_0054 / atlasatcparam_16_0020), so prefill and decode share one copy of
+the weights on the device. Per the pyACL dynamic-dims flow (aclpythondevg_0046 "dynamic batch/
+resolution/dims", aclpythondevg_0129; aclcppdevg_000115): such a model has one extra input named
+"ascend_mbatch_shape_data" (ACL_DYNAMIC_TENSOR_NAME); its index comes from `index, ret =
+acl.mdl.get_input_index_by_name(desc, name)` (aclpythondevg_01_0210) and its size from
+`get_input_size_by_index`; the application allocates it, adds it to the input dataset and does not
+write it; `ret = acl.mdl.set_input_dynamic_dims(model_id, dataset, index, dims)` (aclpythondevg_01_0159)
+selects the gear before execute, `dims = {"dimCount": n, "name": "", "dims": [...]}` holding the
+full shapes of the dynamic inputs concatenated in `--input_shape` order (the documented example:
+input_shape "data:1,1,40,-1;label:1,-1;mask:-1,-1" -> dims (1,1,40,20,1,20,1,1)), and the value must
+be one of the converted gears. `gear_count, ret = acl.mdl.get_input_dynamic_gear_count(desc, -1)`
+(aclpythondevg_01_0216, index reserved: -1) checks at load that the OM has the manifest's gears.
 
 `acl` is imported lazily, only when this backend is constructed; without CANN the constructor
 raises a RuntimeError saying what to install.
@@ -43,6 +59,8 @@ ACL_MEMCPY_DEVICE_TO_HOST = 2
 # aclDataType values of the manifest's tensor dtypes (aclDataType enum, aclpythondevg_01_0912).
 ACL_DTYPES: dict[str, int] = {"float32": 0, "float16": 1, "int64": 9}
 _ACL_DTYPE_NAMES = {code: name for name, code in ACL_DTYPES.items()}
+DYNAMIC_DIMS_INPUT = "ascend_mbatch_shape_data"  # ACL_DYNAMIC_TENSOR_NAME: the gear-selecting input
+CONVERT_REMEDY = "convert the export again with `openvla-ros convert-om` (scripts/convert_onnx_to_om.sh)"
 
 
 def import_acl() -> Any:
@@ -85,6 +103,8 @@ class AclGraphs(GraphRuntime):
         self._models: dict[str, tuple[int, Any]] = {}  # graph -> (model id, model desc)
         # graph -> (input names, output names) in the model description's index order
         self._io_order: dict[str, tuple[list[str], list[str]]] = {}
+        # geared graph -> (dims input index, its size, the sequence inputs in --input_shape order)
+        self._dims_inputs: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._allocations: list[tuple[int, Any]] = []  # (device pointer, aclDataBuffer)
         self._datasets: dict[tuple, tuple[Any, Any]] = {}  # binding key -> (input, output) datasets
         self._closed = False
@@ -119,16 +139,40 @@ class AclGraphs(GraphRuntime):
                    acl.mdl.get_input_size_by_index(desc, i)) for i in range(acl.mdl.get_num_inputs(desc))]
         outputs = [(acl.mdl.get_output_name_by_index(desc, i), acl.mdl.get_output_data_type(desc, i),
                     acl.mdl.get_output_size_by_index(desc, i)) for i in range(acl.mdl.get_num_outputs(desc))]
-        _check_described(path, "input", inputs, spec.inputs)
+        tensors = [io for io in inputs if io[0] != DYNAMIC_DIMS_INPUT]
+        if spec.sequence_gears:
+            self._dims_inputs[spec.name] = self._check_gears(spec, path, desc)
+        elif len(tensors) != len(inputs):
+            raise ValueError(f"{path}: the OM model was converted with shape gears ({DYNAMIC_DIMS_INPUT} input), "
+                             f"the manifest's {spec.name!r} has none; {CONVERT_REMEDY}")
+        _check_described(path, "input", tensors, spec.inputs)
         _check_described(path, "output", outputs, spec.outputs)
         self._io_order[spec.name] = ([name for name, _, _ in inputs], [name for name, _, _ in outputs])
 
+    def _check_gears(self, spec: GraphSpec, path: Path, desc: Any) -> tuple[int, int, tuple[str, ...]]:
+        """The dims input's (index, size) and the sequence inputs of a geared model; ValueError unless
+        it has the manifest's gears."""
+        acl = self._acl
+        index, ret = acl.mdl.get_input_index_by_name(desc, DYNAMIC_DIMS_INPUT)
+        if ret != 0:
+            raise ValueError(f"{path}: the OM model has no {DYNAMIC_DIMS_INPUT} input, so it was converted without "
+                             f"shape gears; {spec.name!r} needs gears {list(spec.sequence_gears)}; {CONVERT_REMEDY}")
+        count, ret = acl.mdl.get_input_dynamic_gear_count(desc, -1)
+        _check(ret, "acl.mdl.get_input_dynamic_gear_count")
+        if count != len(spec.sequence_gears):
+            raise ValueError(f"{path}: the OM model has {count} shape gears, the manifest's {spec.name!r} has "
+                             f"{len(spec.sequence_gears)} ({list(spec.sequence_gears)}); {CONVERT_REMEDY}")
+        return index, acl.mdl.get_input_size_by_index(desc, index), spec.sequence_inputs
+
     def _allocate(self, spec: TensorSpec) -> Any:
         self._bind_thread()
+        return self._allocate_bytes(spec.nbytes)
+
+    def _allocate_bytes(self, nbytes: int) -> tuple[int, Any]:
         acl = self._acl
-        ptr, ret = acl.rt.malloc(spec.nbytes, ACL_MEM_MALLOC_HUGE_FIRST)
-        _check(ret, f"acl.rt.malloc({spec.nbytes})")
-        data_buffer = acl.create_data_buffer(ptr, spec.nbytes)
+        ptr, ret = acl.rt.malloc(nbytes, ACL_MEM_MALLOC_HUGE_FIRST)
+        _check(ret, f"acl.rt.malloc({nbytes})")
+        data_buffer = acl.create_data_buffer(ptr, nbytes)
         self._allocations.append((ptr, data_buffer))
         return ptr, data_buffer
 
@@ -150,12 +194,21 @@ class AclGraphs(GraphRuntime):
         self._bind_thread()
         model_id, _ = self._models[spec.name]
         in_names, out_names = self._io_order[spec.name]
-        ordered_in = [inputs[name].handle for name in in_names]
+        dims_input = self._dims_inputs.get(spec.name)
+        tensors_in = [inputs[name].handle for name in in_names if name != DYNAMIC_DIMS_INPUT]
         ordered_out = [outputs[name].handle for name in out_names]
-        key = (spec.name, tuple(p for p, _ in ordered_in), tuple(p for p, _ in ordered_out))
+        key = (spec.name, tuple(p for p, _ in tensors_in), tuple(p for p, _ in ordered_out))
         if key not in self._datasets:
+            ordered_in = list(tensors_in)
+            if dims_input is not None:  # each input dataset gets its own dims buffer, which ACL fills
+                ordered_in.insert(dims_input[0], self._allocate_bytes(dims_input[1]))
             self._datasets[key] = (self._dataset(ordered_in), self._dataset(ordered_out))
         in_ds, out_ds = self._datasets[key]
+        if dims_input is not None:
+            dims = [d for name in dims_input[2] for d in spec.input(name).shape]
+            _check(self._acl.mdl.set_input_dynamic_dims(model_id, in_ds, dims_input[0],
+                                                        {"dimCount": len(dims), "name": "", "dims": dims}),
+                   f"acl.mdl.set_input_dynamic_dims({spec.name}, {dims})")
         _check(self._acl.mdl.execute(model_id, in_ds, out_ds), f"acl.mdl.execute({spec.name})")
 
     def _dataset(self, handles: list[tuple[int, Any]]) -> Any:
@@ -198,6 +251,7 @@ class AclGraphs(GraphRuntime):
         self._datasets.clear()
         self._allocations.clear()
         self._models.clear()
+        self._dims_inputs.clear()
         self._process.release()
         if failures:
             raise RuntimeError(f"pyACL release failed: {'; '.join(failures)}")

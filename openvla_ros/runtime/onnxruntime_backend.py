@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
 from openvla_ros.model_files import InvalidModelFile
-from openvla_ros.runtime.manifest import MANIFEST_REMEDY, GraphSpec, TensorSpec
+from openvla_ros.runtime.manifest import MANIFEST_REMEDY, SEQUENCE_AXIS, GraphSpec, TensorSpec
 from openvla_ros.runtime.session import DeviceBuffer, GraphRuntime
 
 # short name -> (execution provider, OrtValue device type)
@@ -98,7 +98,9 @@ class OnnxRuntimeGraphs(GraphRuntime):
 
 def _check_declared(spec: GraphSpec, path: Path, kind: str, expected: tuple[TensorSpec, ...], declared: list) -> None:
     got = [(d.name, tuple(d.shape), _ONNX_TO_NUMPY.get(d.type, d.type)) for d in declared]
-    want = [(t.name, t.shape, t.dtype) for t in expected]
+    # A geared graph declares its sequence inputs' axis 1 by name; the manifest records the largest gear.
+    want = [(t.name, tuple(SEQUENCE_AXIS if t.name in spec.sequence_inputs and i == 1 else d
+                           for i, d in enumerate(t.shape)), t.dtype) for t in expected]
     if got != want:
         raise InvalidModelFile(path, f"graph {spec.name!r} from another export: the file declares {kind}s {got}, "
                                      f"the manifest says {want}", "copy the whole export directory from one export")

@@ -1,7 +1,7 @@
 """`RuntimePolicy`: the Policy protocol over an exported directory and a `GraphRuntime` (no torch).
 
 Image preprocessing, prompt tokenization and action decoding are the same torch-free modules the
-torch reference uses, loaded from the processor files copied next to the manifest; the five
+torch reference uses, loaded from the processor files copied next to the manifest; the
 graphs run through the shared `GraphPipeline`.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from openvla_ros.input_checks import check_prompt_fits
 from openvla_ros.policy_protocol import Prediction
 from openvla_ros.processing import ImageProcessor, PromptTokenizer
 from openvla_ros.runtime.manifest import Manifest
-from openvla_ros.runtime.pipeline import GenerationResult, GraphPipeline
+from openvla_ros.runtime.pipeline import DECODE_STAGE, PREFILL_STAGE, GenerationResult, GraphPipeline
 from openvla_ros.runtime.session import GraphRuntime
 
 
@@ -68,8 +68,8 @@ class RuntimePolicy:
         timings = {
             "preprocess": (t1 - t0) * 1e3,
             "vision": stages["upload"] + stages["vision_backbone"] + stages["projector"],
-            "prefill": stages["embedding"] + stages["vla_prefill"],
-            "decode": stages.get("vla_decoder", 0.0),
+            "prefill": stages[PREFILL_STAGE],
+            "decode": stages.get(DECODE_STAGE, 0.0),
             "postprocess": (t3 - t2) * 1e3,
             **stages,
             "total": (t3 - t0) * 1e3,

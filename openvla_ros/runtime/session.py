@@ -107,10 +107,14 @@ class GraphRuntime(ABC):
         return host
 
     def run(self, graph: str, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> None:
-        """Run `graph` reading `inputs` and writing `outputs` in place (buffers keyed by graph I/O name)."""
+        """Run `graph` reading `inputs` and writing `outputs` in place (buffers keyed by graph I/O name).
+        A graph with shape gears runs at the gear its bound sequence inputs have (ValueError if that
+        is not one of its gears); `_execute` then gets the spec of that gear."""
         spec = self._graphs.get(graph)
         if spec is None:
             raise KeyError(f"graph {graph!r} is not loaded; loaded: {sorted(self._graphs)}")
+        if spec.sequence_gears:
+            spec = spec.at_sequence(_bound_sequence_length(spec, inputs))
         _check_bindings(f"{graph} input", spec.inputs, inputs)
         _check_bindings(f"{graph} output", spec.outputs, outputs)
         if {id(b) for b in inputs.values()} & {id(b) for b in outputs.values()}:
@@ -118,11 +122,12 @@ class GraphRuntime(ABC):
         self._execute(spec, inputs, outputs)
 
     def run_timed(self, graph: str, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer],
-                  stage_ms: dict[str, float]) -> None:
-        """`run`, adding its wall time in milliseconds to `stage_ms[graph]`."""
+                  stage_ms: dict[str, float], stage: str | None = None) -> None:
+        """`run`, adding its wall time in milliseconds to `stage_ms[stage or graph]`."""
         t0 = time.perf_counter()
         self.run(graph, inputs, outputs)
-        stage_ms[graph] = stage_ms.get(graph, 0.0) + (time.perf_counter() - t0) * 1e3
+        key = stage or graph
+        stage_ms[key] = stage_ms.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
 
     @abstractmethod
     def _load(self, spec: GraphSpec, path: Path) -> None: ...
@@ -143,6 +148,18 @@ class GraphRuntime(ABC):
 
     def close(self) -> None:
         """Release graphs and buffers; idempotent."""
+
+
+def _bound_sequence_length(spec: GraphSpec, bound: Mapping[str, DeviceBuffer]) -> int:
+    """The sequence length (axis 1) shared by the buffers bound to `spec`'s sequence inputs."""
+    lengths = {name: bound[name].spec.shape[1] for name in spec.sequence_inputs
+               if name in bound and len(bound[name].spec.shape) > 1}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{spec.name}: the sequence inputs are bound with different lengths {lengths}; "
+                         f"one gear of {list(spec.sequence_gears)} per run")
+    if not lengths:
+        raise ValueError(f"{spec.name} inputs bound: {sorted(bound)}; expected exactly {[s.name for s in spec.inputs]}")
+    return next(iter(lengths.values()))
 
 
 def _check_bindings(what: str, specs: tuple[TensorSpec, ...], bound: Mapping[str, DeviceBuffer]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from openvla_ros.processing import DEFAULT_INSTRUCTION
 
+DECODE_PREFIX = "vla_llm.decode."  # captured outputs of the decode steps (pipeline.DECODE_STAGE)
 DEFAULT_MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9}
 
 
@@ -62,7 +63,7 @@ def graph_diffs(expected: dict[str, np.ndarray], captured: dict[str, np.ndarray]
     outputs only when the token sequences agree (otherwise the decoders were fed different tokens)."""
     diffs = {}
     for key, want in expected.items():
-        if key.startswith("vla_decoder.") and not tokens_match:
+        if key.startswith(DECODE_PREFIX) and not tokens_match:
             continue
         diffs[key] = output_diff(captured[key], want)
         per_output.setdefault(key, []).append(diffs[key])

@@ -24,7 +24,7 @@ from openvla_ros.runtime.manifest import GraphSpec, Manifest, TensorSpec
 from openvla_ros.runtime.policy import RuntimePolicy
 from openvla_ros.runtime.session import DeviceBuffer, GraphRuntime
 
-FAULTY_GRAPH = "vla_decoder"
+FAULTY_GRAPH = "vla_llm"
 
 
 class FaultInjectingGraphs(GraphRuntime):

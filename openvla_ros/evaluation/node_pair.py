@@ -26,7 +26,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from openvla_ros.model_check import check_model_dir
+from openvla_ros.model_check import check_model_dir, check_model_family
 from openvla_ros.node_process import NodeProcess, stop_processes
 
 BRIDGE = "libero_bridge"
@@ -61,6 +61,9 @@ class PairConfig:
     # soak: the bridge steps at control_rate_hz, the policy infers on every new frame).
     bridge_mode: str = "lockstep"
     control_rate_hz: float = 20.0
+    # "oft": the policy also takes the bridge's wrist/image and robot_state, and answers a step with
+    # an action chunk, which the bridge executes point by point (openvla_ros/nodes/libero_bridge.py)
+    model_family: str = "openvla"
 
     def validate(self) -> "PairConfig":
         if not 0 <= self.domain_id <= MAX_DOMAIN_ID:
@@ -70,6 +73,7 @@ class PairConfig:
         if self.bridge_mode not in ("lockstep", "realtime"):
             raise ValueError(f"bridge_mode must be lockstep or realtime, got {self.bridge_mode!r}")
         check_model_dir(self.backend, self.model_dir, self.unnorm_key)
+        check_model_family(self.backend, self.model_dir, self.model_family)
         return self
 
 
@@ -146,6 +150,8 @@ class NodePair:
             # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
             "qos_overrides./image.subscription.reliability": "reliable",
         }
+        if config.model_family == "oft":  # the same for OFT's second camera
+            policy_params["qos_overrides./wrist/image.subscription.reliability"] = "reliable"
         remaps = {"instruction": config.instruction_topic} if config.instruction_topic else None
         self.bridge = NodeProcess(BRIDGE, name=BRIDGE, params=bridge_params, env=env,
                                   log_path=log_dir / f"{BRIDGE}_domain{config.domain_id}.log")

@@ -24,7 +24,8 @@ joint_states, ee_pose and robot_state of one frame share it):
                    task_suite, task_id, init_state_id, step, max_steps, success, done,
                    instruction, actions_rejected (per episode), action_latency_ms and
                    action_latency_ms_mean (lockstep: frame published -> its action received;
-                   "" before the first step)
+                   "" before the first step; action_latency_ms is "" on an action chunk's steps
+                   after its first: one latency per action received)
 Subscribes:
   action           trajectory_msgs/JointTrajectory from the policy node: header.stamp = stamp of
                    the frame it was computed from, joint_names x y z roll pitch yaw gripper (or

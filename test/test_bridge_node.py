@@ -25,7 +25,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
 from openvla_ros.actions import POSE_LABELS  # noqa: E402
 from openvla_ros.nodes.chunk_message import chunk_trajectory  # noqa: E402
-from openvla_ros.robot_state import LIBERO_STATE_NAMES  # noqa: E402
+from openvla_ros.input_sync import check_inputs_in_sync  # noqa: E402
+from openvla_ros.robot_state import LIBERO_STATE_NAMES, state_vector  # noqa: E402
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -193,6 +194,12 @@ def test_first_frame_state_and_latched_topics(bridge):
     assert tuple(state.name) == LIBERO_STATE_NAMES and state.header.frame_id == "world"
     assert state.position[2] > 0.9 and np.linalg.norm(state.position[3:6]) <= 2 * np.pi  # angle 2 acos(w)
     assert list(state.position[6:]) == list(joints.position[7:])
+    # what a policy node will do with it: the converter takes it, and the three inputs are in sync
+    stamps = {name: Time.from_msg(m.header.stamp).nanoseconds
+              for name, m in (("image", frame), ("wrist/image", wrist), ("robot_state", state))}
+    np.testing.assert_array_equal(state_vector(state.name, state.position, stamps["robot_state"], time.time_ns(), 0.5),
+                                  state.position)
+    check_inputs_in_sync(stamps, 0.0)
     assert joints.name[:7] == [f"robot0_joint{i}" for i in range(1, 8)] and len(joints.position) == 9
     assert pose.header.frame_id == "robot0_base"
     # upright wrist view: the gripper fingers (dark) fill the bottom rows

@@ -29,6 +29,27 @@ def check_model_dir(backend: str, model_dir: str | Path, unnorm_key: str = "") -
     decoder.select_key(unnorm_key or None)
 
 
+def model_family_of(backend: str, model_dir: str | Path) -> str:
+    """"openvla" or "oft": an export's manifest says it; a checkpoint is OFT when it has an action
+    head beside it (openvla_ros/oft.py). Call after check_model_dir."""
+    model_dir = Path(model_dir)
+    if backend == "torch":
+        from openvla_ros.oft import find_oft_files
+
+        return "oft" if find_oft_files(model_dir) is not None else "openvla"
+    from openvla_ros.runtime.manifest import Manifest
+
+    return Manifest.load(model_dir).family
+
+
+def check_model_family(backend: str, model_dir: str | Path, expected: str) -> None:
+    """ValueError when the model in `model_dir` is not of the family `expected`, naming both."""
+    family = model_family_of(backend, model_dir)
+    if family != expected:
+        raise ValueError(f"{model_dir} holds an {family} model, not {expected}: use --model-family {family}, "
+                         f"or a model of the {expected} family")
+
+
 def _checkpoint_decoder(model_dir: Path) -> ActionDecoder:
     from openvla_ros.checkpoint import OpenVLAConfig, find_weight_files
 

@@ -25,6 +25,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 from openvla_ros.diagnostic_values import decode  # noqa: E402
 from openvla_ros.node_process import NodeProcess, wait_until  # noqa: E402
 from openvla_ros.actions import POSE_LABELS  # noqa: E402
+from openvla_ros.nodes.chunk_message import chunk_trajectory  # noqa: E402
+from openvla_ros.input_sync import check_inputs_in_sync  # noqa: E402
+from openvla_ros.robot_state import LIBERO_STATE_NAMES, state_vector  # noqa: E402
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -68,7 +71,8 @@ class BridgeProbe(Probe):
         self.actions_sent = 0
         self.episode_since_ns = 0
         self.subscribe(Image, self.topic("image"), on_message=self._on_frame)
-        for msg_type, name in ((Image, "wrist/image"), (PoseStamped, "ee_pose"), (JointState, "joint_states")):
+        for msg_type, name in ((Image, "wrist/image"), (PoseStamped, "ee_pose"), (JointState, "joint_states"),
+                               (JointState, "robot_state")):
             self.subscribe(msg_type, self.topic(name))
         for msg_type, name in ((DiagnosticStatus, "episode_status"), (String, "instruction")):
             self.subscribe(msg_type, self.topic(name), LATCHED)
@@ -185,7 +189,19 @@ def test_first_frame_state_and_latched_topics(bridge):
     for image, frame_id in ((frame, "agentview_camera"), (wrist, "wrist_camera")):
         assert (image.height, image.width, image.encoding, image.step) == (128, 128, "rgb8", 384)
         assert image.header.frame_id == frame_id and len(image.data) == 128 * 128 * 3
-    assert frame.header.stamp == wrist.header.stamp == pose.header.stamp
+    state = probe.all("robot_state")[0]
+    assert frame.header.stamp == wrist.header.stamp == pose.header.stamp == state.header.stamp
+    # OFT's LIBERO proprio state: world-frame eef position (the hand starts above the table, 1.17 m
+    # up in LIBERO's world at this init state), a rotation vector, the finger joints as on joint_states
+    assert tuple(state.name) == LIBERO_STATE_NAMES and state.header.frame_id == "world"
+    assert state.position[2] > 0.9 and np.linalg.norm(state.position[3:6]) <= 2 * np.pi  # angle 2 acos(w)
+    assert list(state.position[6:]) == list(joints.position[7:])
+    # what a policy node will do with it: the converter takes it, and the three inputs are in sync
+    stamps = {name: Time.from_msg(m.header.stamp).nanoseconds
+              for name, m in (("image", frame), ("wrist/image", wrist), ("robot_state", state))}
+    np.testing.assert_array_equal(state_vector(state.name, state.position, stamps["robot_state"], time.time_ns(), 0.5),
+                                  state.position)
+    check_inputs_in_sync(stamps, 0.0)
     assert joints.name[:7] == [f"robot0_joint{i}" for i in range(1, 8)] and len(joints.position) == 9
     assert pose.header.frame_id == "robot0_base"
     # upright wrist view: the gripper fingers (dark) fill the bottom rows
@@ -203,8 +219,8 @@ def test_malformed_actions_are_rejected_without_stepping(bridge):
         action_msg(good + [0.0], stamp, labels=()),                   # 8 values
         action_msg(good[:6] + [float("nan")], stamp),                 # NaN
         action_msg([float("inf")] + good[1:], stamp),                 # inf
-        action_msg(good, stamp, points=2),                            # two points
         action_msg(good, stamp, points=0),                            # no point
+        chunk_trajectory(np.array([good, good[:6] + [float("nan")]]), POSE_LABELS, stamp, "", 20.0),  # NaN in a chunk
         action_msg(good, stamp, labels=("a", "b", "c", "d", "e", "f", "g")),  # wrong labels
     ]
     for msg in malformed:
@@ -215,7 +231,8 @@ def test_malformed_actions_are_rejected_without_stepping(bridge):
     assert len(probe.views()) == 1  # still waiting for an action for the first frame (re-sent)
     assert len(probe.all("image")) >= 2, "the unanswered frame was not re-sent after action_timeout_s"
     log = process.log_text()
-    for reason in ("expected 7 positions", "must be finite", "exactly one trajectory point", "joint_names must be"):
+    for reason in ("expected 7 positions", "must be finite", "at least one trajectory point", "joint_names must be",
+                   "point 1: action must be finite"):
         assert reason in log, f"no logged reason {reason!r}"
 
     # The frame is re-sent with a new stamp every action_timeout_s; answer the latest one. A second
@@ -290,6 +307,57 @@ def test_lockstep_episode_ends_at_max_steps_and_is_deterministic(bridge, video_d
     assert np.linalg.norm(first[-1] - first[0]) > 0.02  # the script really moved the arm
     for other in runs[1:]:
         np.testing.assert_array_equal(other, first)
+
+
+CHUNK = SCRIPT[:8]  # policy-space actions; the gripper closes from the 6th on
+
+
+def test_lockstep_chunk_is_executed_point_by_point_as_single_actions_are(bridge):
+    """A chunk trajectory (the policy node's message for OFT) answering one frame is executed in
+    order, each point with the gripper processing of a single action: 8 steps, one frame after them,
+    and the very state 8 single actions reach. A chunk longer than the episode ends it at max_steps."""
+    process, probe = bridge
+    probe.script = None
+    # No re-sent frames in these episodes: every frame is answered once, by the test, for its stamp.
+    assert probe.set_parameter("action_timeout_s", 600.0)
+
+    def answer(msg_for_stamp, steps: int, views: int) -> dict[str, str]:
+        probe.action_pub.publish(msg_for_stamp(probe.latest_stamp()))
+        assert wait_until(lambda: probe.status().get("step") == str(steps) and len(probe.views()) == views
+                          and len(probe.all("robot_state")) == views, 120.0, 0.2), probe.status()
+        return probe.status()
+
+    def final_state() -> tuple[list[float], tuple[float, float, float]]:
+        state, pose = probe.all("robot_state")[-1], probe.all("ee_pose")[-1]
+        assert state.header.stamp == pose.header.stamp == probe.latest_stamp()
+        return list(state.position), (pose.pose.position.x, pose.pose.position.y, pose.pose.position.z)
+
+    try:
+        probe.start_manual_episode()
+        for k, action in enumerate(CHUNK):
+            single = answer(lambda stamp: action_msg(action, stamp), steps=k + 1, views=k + 2)
+            assert single["action_latency_ms"] != ""  # every step answered a frame of its own
+        singles = final_state()
+
+        probe.start_manual_episode()
+        status = answer(lambda stamp: chunk_trajectory(CHUNK, POSE_LABELS, stamp, "", 20.0), steps=8, views=2)
+        assert status["done"] == "false" and status["actions_rejected"] == "0"
+        # the last step was the chunk's 8th point: no latency of its own; the mean is the chunk's one
+        assert status["action_latency_ms"] == "" and float(status["action_latency_ms_mean"]) > 0.0
+        chunked = final_state()
+        assert chunked == singles
+        assert chunked[0][6] < probe.all("robot_state")[0].position[6]  # the fingers closed in the chunk
+
+        probe.start_manual_episode()
+        long_chunk = np.concatenate([SCRIPT, SCRIPT])  # 30 points for a 15-step episode
+        probe.action_pub.publish(chunk_trajectory(long_chunk, POSE_LABELS, probe.latest_stamp(), "", 20.0))
+        assert wait_until(lambda: probe.status().get("done") == "true", 120.0, 0.2), probe.status()
+        assert probe.status()["step"] == str(MAX_STEPS) and probe.status()["message"] == "max_steps"
+        assert len(probe.views()) == 1  # no frame after the end: the chunk's rest was dropped
+        assert wait_until(lambda: len(probe.all("robot_state")) == 2, 10.0)  # the final state follows
+        assert "its last 15 of 30 points were not executed" in process.log_text()
+    finally:
+        assert probe.set_parameter("action_timeout_s", BRIDGE_PARAMS["action_timeout_s"])
 
 
 def test_bad_parameters_are_refused_and_bad_task_reported(bridge):

@@ -116,7 +116,9 @@ def test_protocol_preset_is_openvlas_published_settings():
         assert settings == {"tasks": list(range(10)), "episodes_per_task": 50, "camera_size": 256,
                             "num_steps_wait": 10, "max_steps": steps, "center_crop_scale": 0.9,
                             "image_preprocess": "openvla", "unnorm_key": f"{suite}_no_noops",
-                            "reset_rng": "openvla", "seed": 0}
+                            "reset_rng": "openvla", "seed": 0, "model_family": "openvla"}
+        # OFT's run_libero_eval.py fixes the same values; the model family is what differs
+        assert protocol_settings("oft", suite, 10) == {**settings, "model_family": "oft"}
     protocol = protocol_settings("openvla", "libero_goal", 10)
     assert protocol_drift(protocol, dict(protocol)) == []
     assert protocol_drift(protocol, {**protocol, "camera_size": 128, "unnorm_key": "my_robot"}) == [
@@ -162,6 +164,36 @@ def test_official_finetune_off_protocol_is_refused_unless_allowed(tiny_onnx_expo
     other = _official_config(tiny_onnx_export, tmp_path, model_dir=_model_dir(tiny_onnx_export, tmp_path, ["demo"]),
                              camera_size=128)
     assert other.drift() == [{"setting": "camera_size", "protocol": 256, "run": 128}]
+
+
+def test_oft_evaluation_checks_the_model_family_before_any_node_starts(tiny_oft_onnx_export, tiny_onnx_export,
+                                                                       tmp_path):
+    oft_dir = tmp_path / "oft"  # the OFT export's copy, apart from the OpenVLA one in tmp_path
+    oft_dir.mkdir()
+    oft = _official_config(tiny_oft_onnx_export, oft_dir, model_family="oft", protocol="oft")
+    assert oft.drift() == [] and oft.settings()["model_family"] == "oft"
+    # an OFT fine-tune under OpenVLA's protocol is off-protocol: refused unless allowed, then reported
+    with pytest.raises(ProtocolDriftError, match="model_family oft .protocol: openvla."):
+        _official_config(tiny_oft_onnx_export, oft_dir, model_family="oft").drift()
+    # the family is the model's: a mismatch fails validation with both names and the fix
+    with pytest.raises(ValueError, match=r"holds an oft model, not openvla: use --model-family oft"):
+        _official_config(tiny_oft_onnx_export, oft_dir)
+    with pytest.raises(ValueError, match=r"holds an openvla model, not oft: use --model-family openvla"):
+        _official_config(tiny_onnx_export, tmp_path, model_family="oft", protocol="oft")
+    with pytest.raises(ValueError, match="model_family must be one of"):
+        _official_config(tiny_onnx_export, tmp_path, model_family="octo")
+
+
+def test_eval_libero_command_takes_the_model_family_and_its_protocol(tiny_onnx_export, tmp_path):
+    """`--model-family oft` reaches the configuration (its protocol the default) and is checked
+    against the model before any process starts: one line, exit code 2, nothing written."""
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "openvla_ros.cli", "eval-libero", "--suite", "libero_object", "--tasks", "0",
+           "--episodes-per-task", "1", "--model-dir", str(tiny_onnx_export), "--out", str(out), "--model-family", "oft"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "holds an openvla model, not oft: use --model-family openvla" in done.stderr, \
+        done.stderr[-2000:]
+    assert not out.exists()
 
 
 def test_resume_skips_recorded_episodes_and_refuses_other_settings(tiny_onnx_export, tmp_path):

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from openvla_ros.actions import POSE_LABELS
 from openvla_ros.sim.action_inbox import ActionInbox, parse_action
@@ -99,6 +100,15 @@ def test_reset_observation(env):
     # Base frame: the hand starts in front of the base and above it, near the mid plane.
     assert 0.2 < obs.ee_position[0] < 0.7 and abs(obs.ee_position[1]) < 0.2 and 0.1 < obs.ee_position[2] < 0.5
     assert obs.success is False
+    # OFT's state: world-frame eef position, its orientation as a rotation vector, the finger qpos.
+    # Checked against the sim's own eef site and hand body (robosuite's observables are taken just
+    # before the last physics update of a step, hence the small tolerances).
+    robot, data = env._env.robots[0], env._env.sim.data
+    assert obs.state.shape == (8,)
+    np.testing.assert_allclose(obs.state[:3], data.site_xpos[robot.eef_site_id], atol=1e-4)
+    np.testing.assert_allclose(Rotation.from_rotvec(obs.state[3:6]).as_matrix(),
+                               data.get_body_xmat(robot.robot_model.eef_name), atol=1e-3)
+    np.testing.assert_array_equal(obs.state[6:], obs.gripper_qpos)
     # Upright wrist view: the gripper's dark fingers are at the bottom of the frame, the table above.
     gray = obs.wrist.astype(np.float64).mean(axis=2)
     assert gray[-16:].mean() < 0.6 * gray[:16].mean()
@@ -216,22 +226,34 @@ def test_bridge_config_from_parameter_values():
         BridgeConfig(record_video=True, video_dir="").validate()
 
 
-def test_parse_action_accepts_labelled_or_unlabelled_single_point():
+@pytest.mark.parametrize("chunks", [False, True])
+def test_parse_action_accepts_labelled_or_unlabelled_single_point(chunks):
     values = [0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 1.0]
-    np.testing.assert_array_equal(parse_action(list(POSE_LABELS), [values]), values)
-    np.testing.assert_array_equal(parse_action([], [values]), values)
+    np.testing.assert_array_equal(parse_action(list(POSE_LABELS), [values], chunks), [values])
+    np.testing.assert_array_equal(parse_action([], [values], chunks), [values])
 
 
-@pytest.mark.parametrize("labels, points, message", [
-    ([], [], "exactly one trajectory point, got 0"),
-    ([], [[0.0] * 7, [0.0] * 7], "exactly one trajectory point, got 2"),
-    (["x", "y", "z", "roll", "pitch", "yaw", "grip"], [[0.0] * 7], "joint_names must be"),
-    ([], [[0.0] * 6], "expected 7 positions, got 6"),
-    ([], [[0.0] * 6 + [float("-inf")]], "finite"),
+def test_parse_action_accepts_a_chunk_only_where_chunks_are_executed():
+    chunk = np.arange(8 * 7, dtype=np.float64).reshape(8, 7) / 100.0
+    np.testing.assert_array_equal(parse_action(list(POSE_LABELS), chunk.tolist(), chunks=True), chunk)
+    with pytest.raises(ValueError, match=r"exactly one trajectory point, got 8 \(an action chunk is executed in "
+                                         r"lockstep mode only\)"):
+        parse_action([], chunk.tolist(), chunks=False)
+
+
+@pytest.mark.parametrize("labels, points, chunks, message", [
+    ([], [], False, "exactly one trajectory point, got 0"),
+    ([], [], True, "at least one trajectory point, got 0"),
+    ([], [[0.0] * 7, [0.0] * 7], False, "exactly one trajectory point, got 2"),
+    (["x", "y", "z", "roll", "pitch", "yaw", "grip"], [[0.0] * 7], False, "joint_names must be"),
+    ([], [[0.0] * 6], False, "expected 7 positions, got 6"),
+    ([], [[0.0] * 6 + [float("-inf")]], False, "finite"),
+    ([], [[0.0] * 7, [0.0] * 7, [0.0] * 6], True, "point 2: expected 7 positions, got 6"),
+    ([], [[0.0] * 7, [float("nan")] * 7], True, "point 1: action must be finite"),
 ])
-def test_parse_action_rejects_malformed(labels, points, message):
+def test_parse_action_rejects_malformed(labels, points, chunks, message):
     with pytest.raises(ValueError, match=message):
-        parse_action(labels, points)
+        parse_action(labels, points, chunks)
 
 
 def test_inbox_matches_only_the_awaited_stamp():
@@ -277,6 +299,13 @@ def test_episode_ends_at_max_steps_or_success():
         "episode": "2", "task_suite": "libero_goal", "task_id": "4", "init_state_id": "7", "step": "2",
         "max_steps": "3", "success": "true", "done": "true", "instruction": "open the drawer",
         "actions_rejected": "0", "action_latency_ms": "62.500", "action_latency_ms_mean": "156.250"}
+    # an action chunk: its first step has the action's latency, the points after it none of their own
+    chunked = Episode(3, "libero_goal", 4, 7, max_steps=5, instruction="open the drawer")
+    for latency in (0.5, None, None):
+        chunked.record_step(False, action_latency_s=latency)
+    assert chunked.values()["action_latency_ms"] == "" and chunked.values()["action_latency_ms_mean"] == "500.000"
+    chunked.record_step(False, action_latency_s=0.25)
+    assert chunked.values()["action_latency_ms"] == "250.000" and chunked.values()["action_latency_ms_mean"] == "375.000"
 
 
 def test_episode_video_writes_every_frame(tmp_path):

@@ -1,7 +1,8 @@
 """`openvla-ros convert-om`: run `scripts/convert_onnx_to_om.sh` (the one place the ATC commands
 live) on an export directory; arguments are passed through unchanged. Afterwards the copied
 manifest gets the size and SHA-256 of the `.om` files and processor files. `--plan` instead prints
-the device-memory plan (weights, activations, KV per graph and in total) from the config dims."""
+the device-memory plan (weights, activations, KV per graph and in total) from the config dims
+(OpenVLA, or OpenVLA-OFT: an OFT export, or `--config FILE --oft`)."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="with --config (default: %(default)s)")
     plan.add_argument("--max-text-tokens", type=int, default=40, help="with --config (default: %(default)s)")
     plan.add_argument("--action-dim", type=int, default=7, help="with --config (default: %(default)s)")
+    plan.add_argument("--oft", action="store_true",
+                      help="with --config: the plan of the OpenVLA-OFT model of that config (official head: "
+                           "2 blocks, the LLM's width); an OFT export (--onnx) is recognized by its manifest")
+    plan.add_argument("--chunk", type=int, default=8, help="with --config --oft (default: %(default)s, LIBERO)")
+    plan.add_argument("--proprio-dim", type=int, default=8,
+                      help="with --config --oft; 0 = no proprio (default: %(default)s, LIBERO)")
+    plan.add_argument("--num-images", type=int, default=2, help="with --config --oft (default: %(default)s, LIBERO)")
     plan.add_argument("--card-gb", type=float, default=24.0,
                       help="device memory of the target card (default: %(default)s, an Atlas 300I Pro)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -63,20 +71,34 @@ def _plan(args: argparse.Namespace) -> int:
     from openvla_ros.runtime.manifest import Manifest
     from openvla_ros.runtime.memory_plan import format_plan, memory_plan
 
+    from openvla_ros.oft import ChunkLayout
+    from openvla_ros.runtime.oft_memory_plan import (OFTMemoryPlan, format_oft_plan, head_dims_of_export,
+                                                     oft_memory_plan)
+
     if args.config is not None:
         config = OpenVLAConfig.load(args.config.parent) if args.config.name == "config.json" else \
             OpenVLAConfig.from_dict(json.loads(args.config.read_text()))
-        plan = memory_plan(config, args.dtype, args.max_text_tokens, args.action_dim)
+        if args.oft:
+            layout = ChunkLayout(chunk=args.chunk, action_dim=args.action_dim, proprio_dim=args.proprio_dim,
+                                 num_images=args.num_images)
+            plan = oft_memory_plan(config, args.dtype, args.max_text_tokens, layout)
+        else:
+            plan = memory_plan(config, args.dtype, args.max_text_tokens, args.action_dim)
     elif args.onnx is not None:
         manifest = Manifest.load(args.onnx)
-        plan = memory_plan(OpenVLAConfig.load(args.onnx), manifest.dtype, manifest.layout.max_text_tokens,
-                           manifest.layout.action_dim)
+        config = OpenVLAConfig.load(args.onnx)
+        if manifest.family == "oft":
+            hidden, blocks = head_dims_of_export(args.onnx)
+            plan = oft_memory_plan(config, manifest.dtype, manifest.layout.max_text_tokens, manifest.chunk_layout,
+                                   hidden, blocks)
+        else:
+            plan = memory_plan(config, manifest.dtype, manifest.layout.max_text_tokens, manifest.layout.action_dim)
     else:
         raise ValueError("--plan needs --onnx DIR (an export) or --config FILE (a checkpoint's config.json)")
     if args.json:
         print(json.dumps({**plan.to_json(), "card_gb": args.card_gb}, indent=2))
     else:
-        print(format_plan(plan, args.card_gb))
+        print((format_oft_plan if isinstance(plan, OFTMemoryPlan) else format_plan)(plan, args.card_gb))
     return 0
 
 

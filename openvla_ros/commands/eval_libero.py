@@ -6,7 +6,8 @@ results.md (success per task and suite, 95 % Wilson intervals), success_per_task
 latency_hist.png, videos/ (one mp4 per episode) and logs/ (node logs) into --out.
 
 The defaults are OpenVLA's published LIBERO protocol (`--protocol openvla`,
-openvla_ros/evaluation/protocol.py). With an official fine-tune's norm-stats key
+openvla_ros/evaluation/protocol.py); with `--model-family oft`, OpenVLA-OFT's (`--protocol oft`:
+the same settings, two cameras, the robot state, action chunks executed point by point). With an official fine-tune's norm-stats key
 (`libero_*_no_noops`) other settings are refused unless `--allow-protocol-drift`; any drift is
 written into the results.
 """
@@ -26,9 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--suite", choices=sorted(MAX_STEPS), required=True, help="LIBERO task suite")
     parser.add_argument("--tasks", default="all", help="task ids: 'all' (default) or e.g. '0', '0,3', '0-4'")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="openvla",
+    parser.add_argument("--model-family", choices=PROTOCOLS, default="openvla",
+                        help="openvla: one camera, one action per step; oft: OpenVLA-OFT, agentview + wrist camera "
+                             "and robot state in, an action chunk per step (default: %(default)s)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="the published evaluation protocol the defaults follow and drift is measured against "
-                             "(default: %(default)s)")
+                             "(default: the model family's)")
     parser.add_argument("--episodes-per-task", type=int, default=50,
                         help="episodes per task, from initial states 0..N-1 (protocol: 50)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="(default: %(default)s)")
@@ -78,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
         unnorm_key=args.unnorm_key, workers=args.workers, camera_size=args.camera_size,
         center_crop_scale=args.center_crop_scale, max_steps=args.max_steps, num_steps_wait=args.num_steps_wait,
         image_preprocess=args.image_preprocess, reset_rng=args.reset_rng, domain_id_base=base,
-        record_video=not args.no_video,
-        protocol=args.protocol, allow_protocol_drift=args.allow_protocol_drift, resume=args.resume)
+        record_video=not args.no_video, protocol=args.protocol or args.model_family,
+        allow_protocol_drift=args.allow_protocol_drift, resume=args.resume, model_family=args.model_family)
     summary = evaluate(config, show_progress=not args.no_progress)
     for drift in summary["run"]["protocol_drift"]:
-        print(f"protocol drift: {drift['setting']} {drift['run']} (protocol {args.protocol}: {drift['protocol']})")
+        print(f"protocol drift: {drift['setting']} {drift['run']} (protocol {config.protocol}: {drift['protocol']})")
     print(f"{args.suite}: {summary['successes_total']}/{summary['episodes_total']} episodes succeeded "
           f"({100.0 * summary['success_rate']:.1f}%) in {summary['run']['wall_s']:.0f} s; results in {args.out}")
     total = summary["run"]["memory"]["total_peak_rss_mb"]

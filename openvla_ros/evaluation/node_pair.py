@@ -27,7 +27,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from openvla_ros.diagnostic_values import decode
-from openvla_ros.model_check import check_model_dir
+from openvla_ros.model_check import check_model_dir, check_model_family
 from openvla_ros.node_process import NodeProcess, stop_processes
 from openvla_ros.nodes.policy_diagnostics import PolicyReport, policy_report
 from openvla_ros.nodes.policy_params import checked_overrides
@@ -62,6 +62,9 @@ class PairConfig:
     # "lockstep" (evaluation: the bridge calls the policy's ~/step per frame) or "realtime" (the
     # soak: the bridge steps at its control_rate_hz, the policy infers on every new frame).
     bridge_mode: str = "lockstep"
+    # "oft": the policy also takes the bridge's wrist/image and robot_state, and answers a step with
+    # an action chunk, which the bridge executes point by point (openvla_ros/nodes/libero_bridge.py)
+    model_family: str = "openvla"
 
     def validate(self) -> PairConfig:
         if not 0 <= self.domain_id <= MAX_DOMAIN_ID:
@@ -73,6 +76,7 @@ class PairConfig:
         self.policy_parameters()
         self.bridge_parameters()
         check_model_dir(self.backend, self.model_dir, self.unnorm_key)
+        check_model_family(self.backend, self.model_dir, self.model_family)
         return self
 
     def policy_parameters(self) -> dict[str, Any]:
@@ -87,6 +91,8 @@ class PairConfig:
             # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
             "qos_overrides./image.subscription.reliability": "reliable",
         }
+        if self.model_family == "oft":  # the same for OFT's second camera
+            own["qos_overrides./wrist/image.subscription.reliability"] = "reliable"
         _refuse_own("policy", self.policy_overrides, own)
         return {**checked_overrides(self.policy_overrides), **own}
 

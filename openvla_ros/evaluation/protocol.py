@@ -7,6 +7,14 @@ the 0.9 center crop of the fine-tunes trained with image augmentation, the image
 `libero_utils.py` (openvla_ros/tf_image.py), the norm stats of the suite (`<suite>_no_noops`), and
 one env per task seeded 0 once and reset for each episode in turn, which decides where the fixtures
 stand (the bridge's `reset_rng` "openvla", openvla_ros/sim/libero_env.py).
+OpenVLA-OFT's published protocol (`--protocol oft`: `experiments/robot/libero/run_libero_eval.py`
+of moojink/openvla-oft) fixes the same values: 50 episodes from initial states 0..49, 256-pixel
+cameras, 10 no-op steps, the same step limits, the 0.9 center crop, the same TF image path
+(`resize_image_for_policy`: JPEG round trip, Lanczos to 224) for both the agentview and the wrist
+camera, the `<suite>_no_noops` norm stats (its `check_unnorm_key` falls back to them) and the env
+seeded 0 once per task. It differs in the model: two images, the proprio state, and an action
+chunk executed open loop (8 actions per query; the bridge executes every point of the chunk it
+gets, with the same gripper processing), so each protocol also fixes its `model_family`.
 A run whose settings differ is still possible, but its numbers are not the published protocol's:
 with an official fine-tune's key such a run is refused unless drift is allowed, and any drift is
 written into the results.
@@ -20,7 +28,7 @@ from typing import Any
 
 from openvla_ros.sim.libero_env import MAX_STEPS
 
-PROTOCOLS = ("openvla",)
+PROTOCOLS = ("openvla", "oft")  # each protocol is its model family's: protocol_settings()["model_family"]
 OFFICIAL_UNNORM_KEY = re.compile(r"^libero_(spatial|object|goal|10|90)_no_noops$")
 INIT_STATES_PER_TASK = 50  # every LIBERO task ships 50 fixed initial states
 
@@ -42,6 +50,7 @@ def protocol_settings(protocol: str, suite: str, task_count: int) -> dict[str, A
         "unnorm_key": f"{suite}_no_noops",
         "reset_rng": "openvla",
         "seed": 0,
+        "model_family": protocol,
     }
 
 
@@ -60,7 +69,7 @@ def protocol_drift(protocol: dict[str, Any], run: dict[str, Any]) -> list[dict[s
 
 
 def is_official_unnorm_key(key: str) -> bool:
-    """Whether `key` is the norm-stats key of one of OpenVLA's official LIBERO fine-tunes."""
+    """Whether `key` is the norm-stats key of one of OpenVLA's (or OpenVLA-OFT's) official LIBERO fine-tunes."""
     return bool(OFFICIAL_UNNORM_KEY.match(key or ""))
 
 

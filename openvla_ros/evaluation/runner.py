@@ -20,8 +20,8 @@ from pathlib import Path
 from openvla_ros.evaluation.memory import node_rss_mb, worker_memory
 from openvla_ros.evaluation.node_pair import MAX_DOMAIN_ID, NodePair, PairConfig
 from openvla_ros.evaluation.plots import plot_latency_histogram, plot_success_per_task
-from openvla_ros.evaluation.protocol import (INIT_STATES_PER_TASK, effective_unnorm_key, is_official_unnorm_key,
-                                             protocol_drift, protocol_settings)
+from openvla_ros.evaluation.protocol import (INIT_STATES_PER_TASK, PROTOCOLS, effective_unnorm_key,
+                                             is_official_unnorm_key, protocol_drift, protocol_settings)
 from openvla_ros.evaluation.results import (LATENCY_PLOT, RESULTS_JSON, SUCCESS_PLOT, EpisodeResult, summarize,
                                             write_results)
 from openvla_ros.evaluation.versions import software_versions
@@ -61,6 +61,7 @@ class EvalConfig:
     protocol: str = "openvla"
     allow_protocol_drift: bool = False
     resume: bool = False  # skip the episodes already recorded in out/results.json
+    model_family: str = "openvla"  # "oft": OpenVLA-OFT (two cameras, robot state, action chunks)
 
     def validate(self) -> EvalConfig:
         """This config with the protocol's value for every setting left at None; ValueError (or
@@ -79,6 +80,8 @@ class EvalConfig:
                              f"out of range 0..{MAX_DOMAIN_ID}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 (0 = suite default), got {self.max_steps}")
+        if self.model_family not in PROTOCOLS:
+            raise ValueError(f"model_family must be one of {PROTOCOLS}, got {self.model_family!r}")
         protocol = protocol_settings(self.protocol, self.suite, task_count)
         config = replace(self, **{name: protocol[name] for name in PROTOCOL_DEFAULTED if getattr(self, name) is None})
         config.pair_config(0).validate()  # the nodes' parameters against their declarations, the model
@@ -93,7 +96,7 @@ class EvalConfig:
             policy_overrides={"center_crop_scale": self.center_crop_scale},
             bridge_overrides={"camera_size": self.camera_size, "image_preprocess": self.image_preprocess,
                               "num_steps_wait": self.num_steps_wait, "reset_rng": self.reset_rng},
-            record_video=self.record_video, video_dir=(out / VIDEO_DIR).resolve())
+            record_video=self.record_video, video_dir=(out / VIDEO_DIR).resolve(), model_family=self.model_family)
 
     def settings(self) -> dict:
         """This run's value of every setting the protocol fixes (of a validated config)."""
@@ -104,7 +107,8 @@ class EvalConfig:
                 "max_steps": self.max_steps or MAX_STEPS[self.suite], "center_crop_scale": self.center_crop_scale,
                 "image_preprocess": self.image_preprocess,
                 "unnorm_key": effective_unnorm_key(self.unnorm_key, Path(self.model_dir)),
-                "reset_rng": self.reset_rng, "seed": 0}  # the bridge's env seed; eval-libero does not change it
+                "reset_rng": self.reset_rng, "seed": 0,  # the bridge's env seed; eval-libero does not change it
+                "model_family": self.model_family}
 
     def drift(self) -> list[dict]:
         """Settings that differ from the protocol; ProtocolDriftError if that is not allowed."""
@@ -212,7 +216,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
     started, started_at = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     run = {"suite": config.suite, "tasks": list(config.tasks), "episodes_per_task": config.episodes_per_task,
            "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
-           "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
+           "model_family": config.model_family, "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
            "camera_size": config.camera_size, "center_crop_scale": config.center_crop_scale,
            "max_steps": config.max_steps, "num_steps_wait": config.num_steps_wait,
            "image_preprocess": config.image_preprocess, "reset_rng": config.reset_rng, "protocol": config.protocol,
@@ -322,5 +326,6 @@ def recorded_episodes(config: EvalConfig) -> list[EpisodeResult]:
 def _comparable(key: str, value):
     # The task list and episode count may grow between runs: a resumed run adds episodes.
     if key == "protocol_settings" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in ("tasks", "episodes_per_task")}
+        # results.json written before model_family was recorded: those runs were all OpenVLA's
+        return {"model_family": "openvla", **{k: v for k, v in value.items() if k not in ("tasks", "episodes_per_task")}}
     return value

@@ -5,7 +5,7 @@ Run: `ros2 run openvla_ros libero_bridge --ros-args --params-file config/bridge.
 namespace or remaps place it next to the policy node.
 
 Publishes (header.stamp of a frame = the ROS clock time the frame was published; the images,
-joint_states and ee_pose of one frame share it):
+joint_states, ee_pose and robot_state of one frame share it):
   image            sensor_msgs/Image rgb8, agentview camera, upright (rotated 180 degrees as
                    OpenVLA's LIBERO eval does), frame_id agentview_camera
   wrist/image      sensor_msgs/Image rgb8, wrist camera, upright, frame_id wrist_camera
@@ -13,6 +13,9 @@ joint_states and ee_pose of one frame share it):
                    OpenVLA's JPEG round trip and Lanczos resize, as its LIBERO eval feeds them)
   joint_states     sensor_msgs/JointState: robot0_joint1..7 + gripper0_finger_joint1/2 (rad, m)
   ee_pose          geometry_msgs/PoseStamped, frame_id robot0_base (+x forward, +y left, +z up)
+  robot_state      sensor_msgs/JointState, OpenVLA-OFT's LIBERO proprio state as its evaluation
+                   computes it: eef_pos_x/y/z (world frame, m), eef_axis_angle_x/y/z (rad),
+                   gripper_qpos_left/right (m); frame_id world (openvla_ros/robot_state.py)
   instruction      std_msgs/String, the task's language; reliable + transient local (latched)
   episode_status   diagnostic_msgs/DiagnosticStatus, reliable + transient local, at every reset,
                    after every step and after every rejected action: name "libero_episode",
@@ -21,15 +24,18 @@ joint_states and ee_pose of one frame share it):
                    task_suite, task_id, init_state_id, step, max_steps, success, done,
                    instruction, actions_rejected (per episode), action_latency_ms and
                    action_latency_ms_mean (lockstep: frame published -> its action received;
-                   "" before the first step)
+                   "" before the first step; action_latency_ms is "" on an action chunk's steps
+                   after its first: one latency per action received)
 Subscribes:
   action           trajectory_msgs/JointTrajectory from the policy node: header.stamp = stamp of
                    the frame it was computed from, joint_names x y z roll pitch yaw gripper (or
-                   empty), exactly one point with 7 finite positions, a stamp neither zero nor
-                   more than max_future_stamp_s ahead of the bridge clock. Anything else is rejected
+                   empty), one point with 7 finite positions (in lockstep also an action chunk:
+                   several such points, executed in order), a stamp neither zero nor more than
+                   max_future_stamp_s ahead of the bridge clock. Anything else is rejected
                    with a logged reason, counted in actions_rejected and never stepped.
-                   The gripper value goes through `gripper_postprocess` (openvla: [0,1] -> +-1,
-                   binarized and inverted as OpenVLA's LIBERO eval does; none: env units).
+                   Each point's gripper value goes through `gripper_postprocess` (openvla: [0,1]
+                   -> +-1, binarized and inverted, as both OpenVLA's and OpenVLA-OFT's LIBERO evals
+                   do; none: env units).
 Services:
   ~/reset          std_srvs/Trigger: end the current episode and start a new one with the current
                    parameters (all parameters are read at reset; set task_suite / task_id /
@@ -52,8 +58,11 @@ mode=lockstep (deterministic, for evaluation), per step:
      stale one re-triggers policy_step at once: the policy had not seen frame t yet). After
      action_timeout_s without one, the same frame is sent again with a new stamp t' (a policy
      refuses old frames) and awaited instead, with a new step request;
-  4. apply it: exactly one env step, then the next frame is published.
-mode=realtime: the sim steps at control_rate_hz with the latest action, held until a new one
+  4. apply it: one env step per trajectory point (a chunk of N points is N steps, each with its
+     own status; the episode may end inside a chunk, and the rest of it is dropped), then the
+     next frame is published: the policy's next step sees the state after the whole chunk.
+mode=realtime: the sim steps at control_rate_hz with the latest action (one point; a chunk is
+  rejected: executing it tick by tick is the policy node's action queue), held until a new one
   arrives; after action_timeout_s without a new action it steps with zero motion (gripper held).
   A frame is published after every step. A step slower than the period is logged as overrun.
 """
@@ -81,6 +90,7 @@ from openvla_ros.diagnostic_values import encode
 from openvla_ros.nodes.shutdown import run_node
 from openvla_ros.qos import FRAMES, LATCHED
 from openvla_ros.qos import RELIABLE as ACTIONS
+from openvla_ros.robot_state import LIBERO_STATE_NAMES, STATE_FRAME_ID, STATE_TOPIC
 from openvla_ros.sim.action_inbox import ActionInbox, ReceivedAction, parse_action
 from openvla_ros.sim.bridge_config import BridgeConfig
 from openvla_ros.sim.episode import Episode
@@ -110,6 +120,13 @@ def joint_state_msg(obs: Observation, stamp) -> JointState:
     msg = JointState(name=list(obs.joint_names), position=[float(v) for v in obs.joint_positions])
     msg.header.stamp = stamp
     msg.header.frame_id = BASE_FRAME
+    return msg
+
+
+def state_msg(obs: Observation, stamp) -> JointState:
+    msg = JointState(name=list(LIBERO_STATE_NAMES), position=[float(v) for v in obs.state])
+    msg.header.stamp = stamp
+    msg.header.frame_id = STATE_FRAME_ID
     return msg
 
 
@@ -155,6 +172,7 @@ class LiberoBridge(Node):
         self._wrist_pub = self.create_publisher(Image, "wrist/image", FRAMES)
         self._joint_pub = self.create_publisher(JointState, "joint_states", FRAMES)
         self._pose_pub = self.create_publisher(PoseStamped, "ee_pose", FRAMES)
+        self._state_pub = self.create_publisher(JointState, STATE_TOPIC, FRAMES)
         self._instruction_pub = self.create_publisher(String, "instruction", LATCHED)
         self._status_pub = self.create_publisher(DiagnosticStatus, "episode_status", LATCHED)
         self._policy_step = self.create_client(Trigger, self._policy_step_name(), callback_group=ReentrantCallbackGroup())
@@ -213,7 +231,8 @@ class LiberoBridge(Node):
             problem = stamp_problem(stamp, self.get_clock().now().nanoseconds, self._config.max_future_stamp_s)
             if problem is not None:
                 raise ValueError(problem[1])
-            values = parse_action(msg.joint_names, [list(p.positions) for p in msg.points])
+            values = parse_action(msg.joint_names, [list(p.positions) for p in msg.points],
+                                  chunks=self._config.mode == "lockstep")
         except ValueError as exc:
             self.get_logger().warning(f"rejected action (stamp {stamp} ns): {exc}")
             with self._lock:
@@ -310,19 +329,30 @@ class LiberoBridge(Node):
         return new_env
 
     def _advance(self) -> None:
-        """One control step: frame out, one action in, one env step."""
+        """One control step: frame out, one action in, one env step per point of that action."""
         config = self._config
-        latency = None
         if config.mode == "lockstep":
             action = self._await_matching_action()
             if action is None:
                 return
             latency = action.received_at - self._frame_sent_at
-            env_action = postprocess_gripper(action.values, config.gripper_postprocess)
+            points = [postprocess_gripper(point, config.gripper_postprocess) for point in action.values]
+            for index, env_action in enumerate(points):
+                if index and (self._stopping.is_set() or not self._resets.empty()):
+                    return  # a reset (or shutdown) waits for one env step, not for the rest of a chunk
+                # the first point's step answers the frame; the others carry no latency of their own
+                if not self._step_env(env_action, latency if index == 0 else None):
+                    if index + 1 < len(points):
+                        self.get_logger().info(f"episode over inside a chunk: its last {len(points) - index - 1} "
+                                               f"of {len(points)} points were not executed")
+                    return
         else:
             self._publish_frame(self._obs, self.get_clock().now().to_msg())
             self._sleep_until_next_tick(config)
-            env_action = self._realtime_action(config)
+            self._step_env(self._realtime_action(config), None)
+
+    def _step_env(self, env_action: np.ndarray, latency: float | None) -> bool:
+        """One env step with an env-unit action; False when the episode is over (or the sim failed)."""
         try:
             obs = self._env.step(env_action)
         except Exception as exc:  # the sim can diverge; say so instead of dying
@@ -330,7 +360,7 @@ class LiberoBridge(Node):
             with self._lock:
                 self._error = f"sim failed: {exc}"
                 self._status_pub.publish(status_msg(self._episode, self._error))
-            return
+            return False
         self._env_gripper = float(env_action[-1])
         if self._video is not None:
             self._video.add(obs.agentview)
@@ -340,9 +370,10 @@ class LiberoBridge(Node):
             done = self._episode.done
         if done:
             self._finish_episode(obs)
-        else:
-            with self._lock:
-                self._status_pub.publish(status_msg(self._episode))
+            return False
+        with self._lock:
+            self._status_pub.publish(status_msg(self._episode))
+        return True
 
     def _finish_episode(self, obs: Observation) -> None:
         # Everything of the episode (video file, final state) is out before the status says done.
@@ -350,6 +381,7 @@ class LiberoBridge(Node):
         final = self.get_clock().now().to_msg()
         self._joint_pub.publish(joint_state_msg(obs, final))
         self._pose_pub.publish(pose_msg(obs, final))
+        self._state_pub.publish(state_msg(obs, final))
         with self._lock:
             self._status_pub.publish(status_msg(self._episode))
         episode, seconds = self._episode, time.monotonic() - self._episode_started
@@ -419,11 +451,12 @@ class LiberoBridge(Node):
             hold = NO_OP_ACTION.copy()
             hold[-1] = self._env_gripper
             return hold
-        return postprocess_gripper(latest.values, config.gripper_postprocess)
+        return postprocess_gripper(latest.values[0], config.gripper_postprocess)
 
     def _publish_frame(self, obs: Observation, stamp) -> None:
         self._joint_pub.publish(joint_state_msg(obs, stamp))
         self._pose_pub.publish(pose_msg(obs, stamp))
+        self._state_pub.publish(state_msg(obs, stamp))
         self._wrist_pub.publish(image_msg(self._camera_image(obs.wrist), stamp, "wrist_camera"))
         self._image_pub.publish(image_msg(self._camera_image(obs.agentview), stamp, "agentview_camera"))
 

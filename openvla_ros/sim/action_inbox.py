@@ -1,5 +1,6 @@
-"""Incoming policy actions for the bridge: validation of the action message content and a
-thread-safe slot the simulator loop waits on (by frame stamp in lockstep, latest in realtime)."""
+"""Incoming policy actions for the bridge: validation of the action message content (one action,
+or in lockstep an action chunk) and a thread-safe slot the simulator loop waits on (by frame stamp
+in lockstep, latest in realtime)."""
 from __future__ import annotations
 
 import threading
@@ -13,21 +14,31 @@ from openvla_ros.actions import POSE_LABELS
 from openvla_ros.sim.libero_env import ACTION_DIM, check_action
 
 
-def parse_action(labels: Sequence[str], points: Sequence[Sequence[float]]) -> np.ndarray:
-    """Validate a JointTrajectory's content: exactly one point with 7 finite values; labels, when
-    present, must be POSE_LABELS. Returns the values; ValueError says what is wrong."""
-    if len(points) != 1:
-        raise ValueError(f"expected exactly one trajectory point, got {len(points)}")
+def parse_action(labels: Sequence[str], points: Sequence[Sequence[float]], chunks: bool) -> np.ndarray:
+    """Validate a JointTrajectory's content: one point (or, with `chunks`, one or more: an action
+    chunk executed point by point) of 7 finite values each; labels, when present, must be
+    POSE_LABELS. Returns the values as [points, 7]; ValueError says what is wrong."""
+    if not points or (len(points) > 1 and not chunks):
+        expected = "at least one trajectory point" if chunks else "exactly one trajectory point"
+        hint = "" if chunks else " (an action chunk is executed in lockstep mode only)"
+        raise ValueError(f"expected {expected}, got {len(points)}{hint}")
     if len(labels) and tuple(labels) != POSE_LABELS:
         raise ValueError(f"joint_names must be {list(POSE_LABELS)} (or empty), got {list(labels)}")
-    if len(points[0]) != ACTION_DIM:
-        raise ValueError(f"expected {ACTION_DIM} positions, got {len(points[0])}")
-    return check_action(points[0])
+    rows = []
+    for index, point in enumerate(points):
+        where = f"point {index}: " if len(points) > 1 else ""
+        if len(point) != ACTION_DIM:
+            raise ValueError(f"{where}expected {ACTION_DIM} positions, got {len(point)}")
+        try:
+            rows.append(check_action(point))
+        except ValueError as exc:
+            raise ValueError(f"{where}{exc}") from None
+    return np.stack(rows)
 
 
 @dataclass(frozen=True)
 class ReceivedAction:
-    values: np.ndarray
+    values: np.ndarray  # [points, 7]: one action, or a chunk executed point by point
     stamp_ns: int  # header.stamp of the frame the action was computed from
     received_at: float  # time.monotonic() at arrival
 

@@ -20,6 +20,9 @@ class Episode:
     actions_rejected: int = 0
     # lockstep: seconds from publishing a frame to receiving the action computed from it
     action_latencies_s: list[float] = field(default_factory=list)
+    # the latest step's latency; None when that step had no action of its own (an action chunk's
+    # points after the first), so a status says one latency per action received
+    step_latency_s: float | None = None
 
     @property
     def done(self) -> bool:
@@ -37,6 +40,7 @@ class Episode:
             raise RuntimeError(f"episode {self.episode} is over ({self.outcome}); reset before stepping")
         self.step += 1
         self.success = success
+        self.step_latency_s = action_latency_s
         if action_latency_s is not None:
             self.action_latencies_s.append(action_latency_s)
 
@@ -53,8 +57,8 @@ class Episode:
             "done": str(self.done).lower(),
             "instruction": self.instruction,
             "actions_rejected": str(self.actions_rejected),
-            # milliseconds, "" until a lockstep step was taken
-            "action_latency_ms": f"{1000.0 * latencies[-1]:.3f}" if latencies else "",
+            # milliseconds; "" for a step without an action of its own (realtime, a chunk's later points)
+            "action_latency_ms": f"{1000.0 * self.step_latency_s:.3f}" if self.step_latency_s is not None else "",
             "action_latency_ms_mean": f"{1000.0 * sum(latencies) / len(latencies):.3f}" if latencies else "",
         }
 

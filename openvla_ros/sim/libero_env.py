@@ -11,6 +11,8 @@
 - Actions are in env units: 6-D end-effector delta (OSC_POSE) + gripper (-1 open, +1 close).
   `postprocess_gripper` turns a policy's [0, 1] gripper (1 = open) into that convention.
 - The end-effector pose is reported in the robot base frame (+x forward, +y left, +z up).
+- `state` is OpenVLA-OFT's LIBERO proprio state, from the raw observation exactly as OFT's
+  evaluation computes it (world-frame eef position, axis-angle, finger qpos; openvla_ros/robot_state.py).
 
 MuJoCo renders headless through EGL; MUJOCO_GL / PYOPENGL_PLATFORM are set before LIBERO (and
 so MuJoCo) is first imported, unless the caller set them.
@@ -24,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from openvla_ros.robot_state import libero_state
 from openvla_ros.sim.heap import release_free_heap
 
 # Episode length per suite, as in OpenVLA's LIBERO evaluation (longest training demo + margin).
@@ -57,6 +60,7 @@ class Observation:
     ee_position: np.ndarray
     ee_quaternion: np.ndarray
     gripper_qpos: np.ndarray
+    state: np.ndarray  # OFT's LIBERO proprio state [8], robot_state.LIBERO_STATE_NAMES
     success: bool
 
 
@@ -216,5 +220,6 @@ class LiberoEnv:
             ee_position=ee_pos,
             ee_quaternion=np.roll(ee_quat_wxyz, -1),
             gripper_qpos=gripper_qpos,
+            state=libero_state(raw["robot0_eef_pos"], raw["robot0_eef_quat"], gripper_qpos),
             success=success,
         )

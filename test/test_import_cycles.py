@@ -18,10 +18,6 @@ KNOWN_CYCLES = [
     # exporter.export_onnx hands an OFT checkpoint to oft_exporter, which takes exporter's helpers
     # back; export/ is being reworked on another branch (issue 12): the helpers belong in a leaf module.
     ["openvla_ros.export.exporter", "openvla_ros.export.oft_exporter"],
-    # Prediction lives in policy.py, which loads the backends that return it; issue 14 item 2 moves
-    # Prediction and the Policy protocol into a leaf module (branch i14-core).
-    ["openvla_ros.model.torch_oft_policy", "openvla_ros.model.torch_policy", "openvla_ros.policy",
-     "openvla_ros.runtime", "openvla_ros.runtime.policy"],
 ]
 
 

@@ -628,7 +628,8 @@ class _Mdl:
             if model.gears:
                 gear = model.gear_of(acl.state.dataset_dims.get(input_dataset, []))
                 if gear is None:
-                    acl.violations.append(f"execute({Path(model.path).stem}) without set_input_dynamic_dims on its dataset")
+                    acl.violations.append(
+                        f"execute({Path(model.path).stem}) without set_input_dynamic_dims on its dataset")
                     return ACL_ERROR_INVALID_PARAM
                 inputs = [_IO(io.name, io.acl_dtype, io.np_dtype, tuple(gear.get(io.name, io.shape))) for io in inputs]
             bound_in = self._bound(input_dataset, inputs, model.inputs)

@@ -433,8 +433,9 @@ def test_realtime_holds_the_last_action_then_stops(bridge):
         fast_end, rest = rest_state(zs)
         fast = np.flatnonzero(moves >= 0.5 * moves.max())
         # Held: the one action drove several consecutive steps, each rising about as much ...
+        # (How many steps the hold spans depends on how long a step takes, so the rise is not
+        # bounded in millimetres: at 2 s per step on a loaded machine only two fit into hold_s.)
         assert len(fast) >= 2 and np.all(np.diff(fast) == 1), moves
-        assert zs[fast_end] - zs[0] > 0.005, moves
         # ... until the timeout: the arm is at rest only in states after it (cause before effect) ...
         assert stamps[rest] >= sent_ns + hold_s * 1e9, (stamps[rest] - sent_ns) * 1e-9
         # ... then zero motion: the arm settles within SETTLE_STEPS steps and stays where it is.

@@ -305,7 +305,8 @@ def test_episode_ends_at_max_steps_or_success():
         chunked.record_step(False, action_latency_s=latency)
     assert chunked.values()["action_latency_ms"] == "" and chunked.values()["action_latency_ms_mean"] == "500.000"
     chunked.record_step(False, action_latency_s=0.25)
-    assert chunked.values()["action_latency_ms"] == "250.000" and chunked.values()["action_latency_ms_mean"] == "375.000"
+    values = chunked.values()
+    assert values["action_latency_ms"] == "250.000" and values["action_latency_ms_mean"] == "375.000"
 
 
 def test_episode_video_writes_every_frame(tmp_path):

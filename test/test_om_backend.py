@@ -98,7 +98,8 @@ def test_double_executes_the_stand_in_om_by_its_onnx_graph(pyacl, tiny_om_export
     assert names == ["patch_features"]
     assert pyacl.mdl.get_input_data_type(desc, 0) == 0  # ACL_FLOAT
     # a static model has no dynamic-dims input and no gears
-    assert pyacl.mdl.get_input_index_by_name(desc, "ascend_mbatch_shape_data") == (0, acl_double.ACL_ERROR_INVALID_PARAM)
+    assert (pyacl.mdl.get_input_index_by_name(desc, "ascend_mbatch_shape_data")
+            == (0, acl_double.ACL_ERROR_INVALID_PARAM))
     assert pyacl.mdl.get_input_dynamic_gear_count(desc, -1) == (0, 0)
     # a dataset that does not fit the model is refused without running it
     assert pyacl.mdl.execute(model_id, pyacl.mdl.create_dataset(), pyacl.mdl.create_dataset()) == \

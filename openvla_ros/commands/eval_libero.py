@@ -7,9 +7,9 @@ latency_hist.png, videos/ (one mp4 per episode) and logs/ (node logs) into --out
 
 The defaults are OpenVLA's published LIBERO protocol (`--protocol openvla`,
 openvla_ros/evaluation/protocol.py); with `--model-family oft`, OpenVLA-OFT's (`--protocol oft`:
-the same settings, two cameras, the robot state, action chunks executed point by point). With an official fine-tune's norm-stats key
-(`libero_*_no_noops`) other settings are refused unless `--allow-protocol-drift`; any drift is
-written into the results.
+the same settings, two cameras, the robot state, action chunks executed point by point). With an
+official fine-tune's norm-stats key (`libero_*_no_noops`) other settings are refused unless
+`--allow-protocol-drift`; any drift is written into the results.
 """
 from __future__ import annotations
 

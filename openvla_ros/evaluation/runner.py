@@ -216,7 +216,8 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> dict:
     started, started_at = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     run = {"suite": config.suite, "tasks": list(config.tasks), "episodes_per_task": config.episodes_per_task,
            "backend": config.backend, "model_dir": str(config.model_dir), "unnorm_key": config.unnorm_key,
-           "model_family": config.model_family, "workers": workers, "domain_ids": [config.domain_id_base + i for i in range(workers)],
+           "model_family": config.model_family, "workers": workers,
+           "domain_ids": [config.domain_id_base + i for i in range(workers)],
            "camera_size": config.camera_size, "center_crop_scale": config.center_crop_scale,
            "max_steps": config.max_steps, "num_steps_wait": config.num_steps_wait,
            "image_preprocess": config.image_preprocess, "reset_rng": config.reset_rng, "protocol": config.protocol,
@@ -327,5 +328,6 @@ def _comparable(key: str, value):
     # The task list and episode count may grow between runs: a resumed run adds episodes.
     if key == "protocol_settings" and isinstance(value, dict):
         # results.json written before model_family was recorded: those runs were all OpenVLA's
-        return {"model_family": "openvla", **{k: v for k, v in value.items() if k not in ("tasks", "episodes_per_task")}}
+        grown = ("tasks", "episodes_per_task")
+        return {"model_family": "openvla", **{k: v for k, v in value.items() if k not in grown}}
     return value

@@ -3,11 +3,12 @@ topic list)."""
 from __future__ import annotations
 
 from builtin_interfaces.msg import Duration, Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from openvla_ros.diagnostic_values import encode
 from openvla_ros.policy_core.core import ERROR, OK, WARN, Status
 
 LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
@@ -40,4 +41,4 @@ def gripper_msg(action: list[float]) -> Float64:
 def diagnostics_msg(status: Status, name: str, hardware_id: str, stamp: Time) -> DiagnosticArray:
     return DiagnosticArray(header=Header(stamp=stamp), status=[DiagnosticStatus(
         level=LEVELS[status.level], name=name, message=status.message, hardware_id=hardware_id,
-        values=[KeyValue(key=k, value=v) for k, v in status.values.items()])])
+        values=encode(status.values))])

@@ -46,7 +46,7 @@ def measure_export_memory(checkpoint_dir: str | Path, dtype: str = "fp16", out_d
         command = [sys.executable, "-m", "openvla_ros.cli", "export", "--checkpoint", str(checkpoint_dir),
                    "--out", str(target), "--dtype", dtype, *extra_args]
         start = time.monotonic()
-        child = subprocess.Popen(command, stdout=sys.stderr, stderr=sys.stderr)
+        child = subprocess.Popen(command, stdout=2)  # progress to stderr (fd 2): stdout carries the JSON
         _pid, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait for it again
         seconds = time.monotonic() - start

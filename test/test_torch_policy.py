@@ -114,7 +114,8 @@ def test_missing_and_unexpected_keys_are_named(tiny_checkpoint, tmp_path):
 
 def test_unused_official_heads_are_optional(tiny_checkpoint, tmp_path):
     def drop_unused(state):
-        for name in [n for n in state if ".attn_pool." in n or n.endswith(("featurizer.norm.weight", "featurizer.norm.bias"))]:
+        unused = ("featurizer.norm.weight", "featurizer.norm.bias")
+        for name in [n for n in state if ".attn_pool." in n or n.endswith(unused)]:
             del state[name]
 
     _copy_with_weights(tiny_checkpoint, tmp_path / "lean", drop_unused)
@@ -126,7 +127,8 @@ def test_shape_mismatch_with_config_is_named(tiny_checkpoint, tmp_path):
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     config["vision_backbone_overrides"][1]["mlp_ratio"] = 3.0
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"fused_featurizer.blocks.0.mlp.fc1.weight: checkpoint \(48, 24\) vs model \(72, 24\)"):
+    mismatch = r"fused_featurizer.blocks.0.mlp.fc1.weight: checkpoint \(48, 24\) vs model \(72, 24\)"
+    with pytest.raises(ValueError, match=mismatch):
         OpenVLA.from_pretrained(tmp_path / "ckpt")
 
 

@@ -1,4 +1,5 @@
-"""`openvla-ros make-tiny`: write a random OpenVLA (or OpenVLA-OFT) checkpoint in the official format (tests, benchmarks)."""
+"""`openvla-ros make-tiny`: write a random OpenVLA (or OpenVLA-OFT) checkpoint in the official format
+(tests, benchmarks)."""
 from __future__ import annotations
 
 import argparse

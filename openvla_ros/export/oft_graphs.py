@@ -35,7 +35,8 @@ class BidirectionalPassGraph(nn.Module):
         with torch.no_grad():
             cos, sin = language_model.model.rotary_emb(torch.zeros(1, dtype=torch.float32),
                                                        torch.arange(layout.length)[None])
-            tail = torch.cat((torch.zeros(n_actions, embed.shape[1], dtype=embed.dtype), embed[STOP_TOKEN_ID:STOP_TOKEN_ID + 1]))
+            tail = torch.cat((torch.zeros(n_actions, embed.shape[1], dtype=embed.dtype),
+                              embed[STOP_TOKEN_ID:STOP_TOKEN_ID + 1]))
         self.register_buffer("cos_table", cos[0].to(embed.dtype), persistent=False)
         self.register_buffer("sin_table", sin[0].to(embed.dtype), persistent=False)
         self.register_buffer("action_tail", tail[None].clone(), persistent=False)

@@ -152,7 +152,8 @@ def _declare_outputs_static(model: onnx.ModelProto, gear: int) -> None:
     """The exporter declares outputs computed through the dynamic axis with symbolic dims even
     where they do not depend on it (logits, the KV cache); declare them as inferred at `gear`
     (check_graph then requires the same shapes at every gear)."""
-    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(_at_gear(model, gear), strict_mode=True).graph.output}
+    at_gear = onnx.shape_inference.infer_shapes(_at_gear(model, gear), strict_mode=True)
+    inferred = {v.name: v for v in at_gear.graph.output}
     for output in model.graph.output:
         output.type.CopyFrom(inferred[output.name].type)
 
@@ -186,7 +187,8 @@ def check_graph(path: Path, sequence_gears: Sequence[int] = ()) -> GraphReport:
         for value, declared in zip(inferred.graph.output, model.graph.output):
             if _static_dims(value, where) != _static_dims(declared, path.name):
                 raise ValueError(f"{where}: output {value.name!r} is {list(_static_dims(value, where))}, "
-                                 f"declared {list(_static_dims(declared, path.name))}: outputs must not depend on the gear")
+                                 f"declared {list(_static_dims(declared, path.name))}: "
+                                 "outputs must not depend on the gear")
     largest = max(sequence_gears) if sequence_gears else None
     return GraphReport(
         inputs=tuple(_spec(v, path.name, largest) for v in model.graph.input),

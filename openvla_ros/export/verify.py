@@ -8,8 +8,9 @@ final KV cache (HF greedy decode with its own cache). The ONNX pipeline runs wit
 and every captured output is compared (max / mean abs diff; KV caches on the slots of real positions, as captured;
 decoder outputs only for cases whose token sequences agree, since otherwise the two decoders
 were fed different tokens).
-Without an `unnorm_key` the norm stats with the most action dims are used. Passing means: token agreement >= `min_token_agreement` (1.0 by default for fp32 exports) and,
-for fp32, actions within `action_atol` (1e-5) of the reference.
+Without an `unnorm_key` the norm stats with the most action dims are used. Passing means: token
+agreement >= `min_token_agreement` (1.0 by default for fp32 exports) and, for fp32, actions within
+`action_atol` (1e-5) of the reference.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from openvla_ros.runtime.verify_runtimes import (DEFAULT_MIN_AGREEMENT, VerifyCa
                                                  graph_diffs, verdict)
 
 
-def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int], tokens: list[int]) -> dict[str, np.ndarray]:
+def _reference_outputs(model, pixel_values: np.ndarray, prompt_ids: list[int],
+                       tokens: list[int]) -> dict[str, np.ndarray]:
     """What each graph should output, from the torch reference model's modules (float32)."""
     lm = model.language_model
     with torch.no_grad():

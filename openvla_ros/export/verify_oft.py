@@ -65,8 +65,9 @@ def verify_oft_export(checkpoint_dir: str | Path, onnx_dir: str | Path, cases: S
     runtime = load_runtime_policy("onnxruntime", onnx_dir, unnorm_key=unnorm_key)
     manifest, chunk_layout = runtime.manifest, runtime.layout
     try:
-        reference = TorchOFTPolicy.load(checkpoint_dir, unnorm_key=runtime.unnorm_key, num_images=chunk_layout.num_images,
-                                        use_proprio=chunk_layout.uses_proprio, chunk=chunk_layout.chunk)
+        reference = TorchOFTPolicy.load(checkpoint_dir, unnorm_key=runtime.unnorm_key,
+                                        num_images=chunk_layout.num_images, use_proprio=chunk_layout.uses_proprio,
+                                        chunk=chunk_layout.chunk)
         pass_layout = runtime.pass_layout
         bounds = runtime.inputs.normalizer.proprio_bounds
         results, per_output = [], {}

@@ -204,8 +204,10 @@ def unused_head_shapes(config: OpenVLAConfig) -> dict[str, tuple[int, ...]]:
     dino, siglip = config.vision
     width, hidden = siglip.embed_dim, siglip.mlp_hidden
     shapes = {
-        "vision_backbone.featurizer.norm.weight": (dino.embed_dim,), "vision_backbone.featurizer.norm.bias": (dino.embed_dim,),
-        "vision_backbone.fused_featurizer.norm.weight": (width,), "vision_backbone.fused_featurizer.norm.bias": (width,),
+        "vision_backbone.featurizer.norm.weight": (dino.embed_dim,),
+        "vision_backbone.featurizer.norm.bias": (dino.embed_dim,),
+        "vision_backbone.fused_featurizer.norm.weight": (width,),
+        "vision_backbone.fused_featurizer.norm.bias": (width,),
     }
     pool = {"latent": (1, 1, width), "q.weight": (width, width), "q.bias": (width,), "kv.weight": (2 * width, width),
             "kv.bias": (2 * width,), "proj.weight": (width, width), "proj.bias": (width,), "norm.weight": (width,),
@@ -250,7 +252,8 @@ def write_tiny_checkpoint(out: str | Path, seed: int = 0, size: str = "tiny", ll
                       metadata={"format": "pt"})
     _write_json(out / "config.json", raw_config)
     _write_json(out / "preprocessor_config.json", _preprocessor_config())
-    _write_json(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": tokenizer.token_to_id("<s>"),
+    _write_json(out / "generation_config.json", {"_from_model_config": True,
+                                                 "bos_token_id": tokenizer.token_to_id("<s>"),
                                                  "eos_token_id": tokenizer.token_to_id("</s>"), "pad_token_id": pad_id,
                                                  "transformers_version": "4.40.1"})
     _tokenizer_files(out, tokenizer)

@@ -6,8 +6,9 @@ abandoned and `on_timeout` gets an `InferenceTimeout` on the watchdog thread, so
 the result is answered and another thread can serve on. The call itself runs on the caller's
 thread (the policy node's inference thread): handing every call to a thread of its own and back
 cost two thread wake-ups per inference (0.3 / 0.55 ms p50 / p90 in-process on a loaded 2-core
-machine, more in a node process whose other threads compete for the GIL). A hung call keeps its thread until it returns; then its result is discarded (counted)
-and `run` raises `CallAbandoned` there. While it still runs, new calls fail at once with
+machine, more in a node process whose other threads compete for the GIL). A hung call keeps its
+thread until it returns; then its result is discarded (counted) and `run` raises `CallAbandoned`
+there. While it still runs, new calls fail at once with
 `BackendBusy`, because a backend is not re-entrant. Both are backend faults. Releasing the backend
 (`close_when_idle`) never runs under a call and never blocks the caller: during a call it is
 deferred until the call returns.
@@ -62,7 +63,8 @@ class BackendRunner:
         with self._cond:
             busy = self._running
             if busy is not None:
-                since = "" if busy.abandoned_at is None else f" that timed out {time.monotonic() - busy.abandoned_at:.1f} s ago"
+                since = ("" if busy.abandoned_at is None
+                         else f" that timed out {time.monotonic() - busy.abandoned_at:.1f} s ago")
                 raise BackendBusy(f"the backend is still running an earlier inference{since}; "
                                   "no new inference until it returns")
             call = self._running = BackendCall(fn, timeout_s, on_timeout)

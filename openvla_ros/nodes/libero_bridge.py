@@ -175,7 +175,8 @@ class LiberoBridge(Node):
         self._state_pub = self.create_publisher(JointState, STATE_TOPIC, FRAMES)
         self._instruction_pub = self.create_publisher(String, "instruction", LATCHED)
         self._status_pub = self.create_publisher(DiagnosticStatus, "episode_status", LATCHED)
-        self._policy_step = self.create_client(Trigger, self._policy_step_name(), callback_group=ReentrantCallbackGroup())
+        self._policy_step = self.create_client(Trigger, self._policy_step_name(),
+                                               callback_group=ReentrantCallbackGroup())
         self.create_subscription(JointTrajectory, "action", self._on_action, ACTIONS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=ReentrantCallbackGroup())
@@ -206,7 +207,8 @@ class LiberoBridge(Node):
     def _policy_step_name(self) -> str:
         # The client is called "policy_step" so it can be remapped under that name; without a remap
         # it goes to the step service of a policy node named policy_node next to this node.
-        remapped = self.resolve_service_name("policy_step") != self.resolve_service_name("policy_step", only_expand=True)
+        expanded = self.resolve_service_name("policy_step", only_expand=True)
+        remapped = self.resolve_service_name("policy_step") != expanded
         return "policy_step" if remapped else DEFAULT_POLICY_STEP
 
     # ----- parameters -----

@@ -36,7 +36,8 @@ PARAMS: dict[str, ParamSpec] = {
                                          "(sizes are always checked; hashing reads every byte)", CONFIGURE),
     "mode": ParamSpec("continuous", "continuous: infer on every new frame (<= max_rate_hz); "
                                     "trigger: one inference per ~/step call", ACTIVATE),
-    "max_rate_hz": ParamSpec(10.0, "most inferences per second in continuous mode", RUNTIME, float_range=(0.01, 1000.0)),
+    "max_rate_hz": ParamSpec(10.0, "most inferences per second in continuous mode", RUNTIME,
+                             float_range=(0.01, 1000.0)),
     "max_image_age_s": ParamSpec(0.5, "frames older than this (header stamp vs node clock) at inference start "
                                       "are not acted on", RUNTIME, float_range=(0.001, 3600.0)),
     "max_future_stamp_s": ParamSpec(0.5, "frames stamped further ahead of the node clock than this are rejected on "

@@ -37,7 +37,8 @@ class ChunkPipeline:
 
     def __init__(self, runtime: GraphRuntime, manifest: Manifest) -> None:
         if manifest.family != "oft":
-            raise ValueError(f"{manifest.directory} is an {manifest.family!r} export; the chunk pipeline runs OFT exports")
+            raise ValueError(f"{manifest.directory} is an {manifest.family!r} export; "
+                             "the chunk pipeline runs OFT exports")
         self.runtime = runtime
         self.manifest = manifest
         self.layout = PassLayout(manifest.layout.num_patches, manifest.chunk_layout, manifest.layout.max_text_tokens)

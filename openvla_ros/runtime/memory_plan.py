@@ -87,7 +87,8 @@ def _llm_dims(config: OpenVLAConfig) -> tuple[int, int, int, int, int, int]:
     heads = int(text.get("num_attention_heads", 32))
     kv_heads = int(text.get("num_key_value_heads") or heads)
     head_dim = int(text.get("head_dim") or d // heads)
-    return d, int(text.get("intermediate_size", 11008)), int(text.get("num_hidden_layers", 32)), heads, kv_heads, head_dim
+    ffn, layers = int(text.get("intermediate_size", 11008)), int(text.get("num_hidden_layers", 32))
+    return d, ffn, layers, heads, kv_heads, head_dim
 
 
 def memory_plan(config: OpenVLAConfig, dtype: str, max_text_tokens: int, action_dim: int) -> MemoryPlan:

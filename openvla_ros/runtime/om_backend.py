@@ -190,7 +190,8 @@ class AclGraphs(GraphRuntime):
         _check(self._acl.rt.memcpy(host.ctypes.data, n, ptr, n, ACL_MEMCPY_DEVICE_TO_HOST), "acl.rt.memcpy D2H")
         return host
 
-    def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> None:
+    def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer],
+                 outputs: Mapping[str, DeviceBuffer]) -> None:
         self._bind_thread()
         model_id, _ = self._models[spec.name]
         in_names, out_names = self._io_order[spec.name]

@@ -46,7 +46,8 @@ class OnnxRuntimeGraphs(GraphRuntime):
                 f"(available: {ort.get_available_providers()}); install the matching onnxruntime package"
             )
         self.provider = provider
-        self._providers = [ep] if ep == "CPUExecutionProvider" else [(ep, {"device_id": device_id}), "CPUExecutionProvider"]
+        self._providers = ([ep] if ep == "CPUExecutionProvider"
+                           else [(ep, {"device_id": device_id}), "CPUExecutionProvider"])
         self._device_id = device_id
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -73,7 +74,8 @@ class OnnxRuntimeGraphs(GraphRuntime):
         self._sessions[spec.name] = session
 
     def _allocate(self, spec: TensorSpec) -> Any:
-        return ort.OrtValue.ortvalue_from_shape_and_type(list(spec.shape), np.dtype(spec.dtype), self._device, self._device_id)
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(spec.shape), np.dtype(spec.dtype), self._device,
+                                                         self._device_id)
 
     def _upload(self, buffer: DeviceBuffer, host: np.ndarray) -> None:
         buffer.handle.update_inplace(host)
@@ -83,7 +85,8 @@ class OnnxRuntimeGraphs(GraphRuntime):
         # when the buffer is reused by the next run.
         return np.array(buffer.handle.numpy(), copy=True)
 
-    def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> None:
+    def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer],
+                 outputs: Mapping[str, DeviceBuffer]) -> None:
         session = self._sessions[spec.name]
         binding = session.io_binding()
         for name, buffer in inputs.items():

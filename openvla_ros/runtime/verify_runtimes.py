@@ -88,7 +88,8 @@ def verdict(results: list[dict], per_output: dict[str, list[dict]], dtype: str, 
         "sequences_matching": sum(r["tokens_match"] for r in results),
         "cases_total": len(results),
         "max_action_abs_diff": max_action,
-        "criteria": {"min_token_agreement": min_token_agreement, "action_atol": action_atol if dtype == "fp32" else None},
+        "criteria": {"min_token_agreement": min_token_agreement,
+                     "action_atol": action_atol if dtype == "fp32" else None},
         "passed": passed,
     }
 

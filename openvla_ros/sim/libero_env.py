@@ -68,7 +68,8 @@ def check_action(action: Sequence[float]) -> np.ndarray:
     """Return `action` as a float64 (7,) array; ValueError if the shape is wrong or a value is not finite."""
     values = np.asarray(action, dtype=np.float64)
     if values.shape != (ACTION_DIM,):
-        raise ValueError(f"action must have {ACTION_DIM} values (xyz, roll pitch yaw, gripper), got shape {values.shape}")
+        raise ValueError(f"action must have {ACTION_DIM} values (xyz, roll pitch yaw, gripper), "
+                         f"got shape {values.shape}")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"action must be finite, got {values.tolist()}")
     return values

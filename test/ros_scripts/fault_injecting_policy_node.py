@@ -47,7 +47,8 @@ class FaultInjectingGraphs(GraphRuntime):
     def _download(self, buffer: DeviceBuffer) -> np.ndarray:
         return self._real._download(buffer)
 
-    def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer], outputs: Mapping[str, DeviceBuffer]) -> None:
+    def _execute(self, spec: GraphSpec, inputs: Mapping[str, DeviceBuffer],
+                 outputs: Mapping[str, DeviceBuffer]) -> None:
         if spec.name == FAULTY_GRAPH:
             self._inject()
         self._real._execute(spec, inputs, outputs)

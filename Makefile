@@ -102,7 +102,8 @@ soak: setup
 bench-eval-memory: setup
 	$(PY) -m openvla_ros.cli make-demo --out models/demo --skip-if-exists
 	$(PY) -m openvla_ros.cli eval-libero --suite libero_object --tasks 0,1 --episodes-per-task 50 --workers 2 \
-	    --model-dir models/demo/onnx --no-video --memory-budget-mb 8192 --out models/demo/eval-memory
+	    --model-dir models/demo/onnx --no-video --no-progress --max-steps 10 --camera-size 128 \
+	    --memory-budget-mb 8192 --out models/demo/eval-memory
 
 clean-models:
 	rm -rf models/*/

@@ -73,7 +73,8 @@ def oft_memory_plan(config: OpenVLAConfig, dtype: str, max_text_tokens: int, chu
     # lm_head (a vocab x D matrix, the size of the embedding table).
     openvla = memory_plan(config, dtype, max_text_tokens, a)
     shared = {g.name: g.weight_bytes for g in openvla.graphs}
-    vision_w, projector_w, embedding_w = shared["vision_backbone"], shared["projector"], shared["embedding"]
+    vision_w, projector_w = shared["vision_backbone"], shared["projector"]
+    embedding_w = openvla.embedding_weight_bytes  # OFT keeps the embedding as a graph of its own
     pass_w = openvla.llm_weight_bytes - embedding_w
     proprio_w = (p * d + d + d * d + d) * b
     head_w = (2 * a * d + a * d * hidden + hidden + head_blocks * (2 * hidden + hidden * hidden + hidden)

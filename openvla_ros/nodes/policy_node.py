@@ -66,7 +66,7 @@ from openvla_ros.actions import POSE_LABELS
 from openvla_ros.nodes import policy_params
 from openvla_ros.nodes.image_conversion import compressed_to_rgb, image_to_rgb
 from openvla_ros.nodes.policy_messages import action_msg, diagnostics_msg, gripper_msg, stamp_msg, twist_msg
-from openvla_ros.nodes.shutdown import run_node
+from openvla_ros.nodes.shutdown import SHUTDOWN_GRACE_S, run_node
 from openvla_ros.nodes.timing import timing_message
 from openvla_ros.policy import load_policy
 from openvla_ros.policy_core.core import ACTIVE, INACTIVE, Outcome, PolicyCore
@@ -153,7 +153,9 @@ class PolicyNode(LifecycleNode):
 
     def close(self) -> None:
         """The process's end: stop the inference thread, release the backend."""
-        self._core.stop()
+        # Within the shutdown guard's grace: on a loaded machine an inference can outlast it, and the
+        # stop asked for must not wait for it (the backend is released when it returns, or at exit).
+        self._core.stop(timeout_s=SHUTDOWN_GRACE_S / 2)
         self._core.release()
 
     # ---- parameters: checked in the on-set callback, applied after they are set ------------

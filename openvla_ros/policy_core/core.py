@@ -240,15 +240,18 @@ class PolicyCore:
         return self._backend.busy()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """End the inference thread (waiting ~/step requests fail) and the watchdog."""
+        """End the inference thread (waiting ~/step requests fail) and the watchdog, waiting at most
+        `timeout_s` in all for a running inference; one still running after that finishes on its
+        daemon thread (release() then closes the backend when it returns)."""
+        deadline = time.monotonic() + timeout_s
         with self._cond:
             self._stopping = True
             self._schedule.fail_steps("node is shutting down")
             self._cond.notify_all()
         with self._cond:
             worker = self._worker
-        worker.join(timeout=timeout_s)
-        self._backend.stop(timeout=timeout_s)
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._backend.stop(timeout=max(0.0, deadline - time.monotonic()))
 
     # ---- parameters ------------------------------------------------------------------------
     def parameter(self, name: str) -> Any:

@@ -15,8 +15,6 @@ trailing 29871); pass 31 to reproduce the reference exactly.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from openvla_ros.export.llama_graphs import LlmGraph
 from openvla_ros.export.onnx_graph import OPSET, check_graph, export_module
 from openvla_ros.model_files import record_files
 from openvla_ros.safetensors_stream import CheckpointTensors
+from openvla_ros.sim.heap import release_free_heap
 from openvla_ros.runtime.manifest import (
     DTYPES,
     GRAPH_NAMES,
@@ -213,9 +212,5 @@ def _return_freed_memory() -> None:
 
     glibc keeps tensors under its (adaptive, up to 32 MiB) mmap threshold on the heap, and free
     heap pages stay resident: without this, the vision backbone's ~1.4 GB would still count
-    while the language model's weights load. `malloc_trim` releases them (a no-op elsewhere)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    while the language model's weights load."""
+    release_free_heap()

@@ -81,7 +81,8 @@ def _vit_params(spec: ViTSpec) -> int:
     return embed + (spec.depth - 1) * block
 
 
-def _llm_dims(config: OpenVLAConfig) -> tuple[int, int, int, int, int, int]:
+def llm_dims(config: OpenVLAConfig) -> tuple[int, int, int, int, int, int]:
+    """(hidden size, intermediate size, layers, attention heads, KV heads, head dim) of the LLM."""
     text = config.text_config
     d = int(text["hidden_size"])
     heads = int(text.get("num_attention_heads", 32))
@@ -96,7 +97,7 @@ def memory_plan(config: OpenVLAConfig, dtype: str, max_text_tokens: int, action_
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype {dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
     b = DTYPE_BYTES[dtype]
-    d, inter, layers, heads, kv_heads, head_dim = _llm_dims(config)
+    d, inter, layers, heads, kv_heads, head_dim = llm_dims(config)
     vocab = config.text_vocab_size
     patches = config.vision[0].num_patches
     layout = SequenceLayout(num_patches=patches, max_text_tokens=max_text_tokens, action_dim=action_dim)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from openvla_ros.checkpoint import OpenVLAConfig
 from openvla_ros.oft import ChunkLayout, PassLayout
-from openvla_ros.runtime.memory_plan import DTYPE_BYTES, GB, INT64, GraphPlan, _llm_dims, memory_plan
+from openvla_ros.runtime.memory_plan import DTYPE_BYTES, GB, INT64, GraphPlan, llm_dims, memory_plan
 
 # The official OFT head: MLPResNet with 2 blocks, hidden width = the LLM width.
 OFFICIAL_HEAD_BLOCKS = 2
@@ -63,7 +63,7 @@ def oft_memory_plan(config: OpenVLAConfig, dtype: str, max_text_tokens: int, chu
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype {dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
     b = DTYPE_BYTES[dtype]
-    d = _llm_dims(config)[0]
+    d = llm_dims(config)[0]
     hidden = head_hidden_dim or d
     a, p, images = chunk_layout.action_dim, chunk_layout.proprio_dim, chunk_layout.num_images
     patches, dv = config.vision[0].num_patches, config.vision_dim

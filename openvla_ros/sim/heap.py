@@ -16,7 +16,8 @@ process keeps its heap in check instead:
   process (the bridge is not allocation-bound, so the lock is cheap);
 - `release_free_heap()` after each rebuild: hand the freed model back to the kernel.
 
-Both are no-ops (returning False) where the C library is not glibc.
+Both are no-ops (returning False) where the C library is not glibc. `export` uses
+`release_free_heap()` too, between graphs, for the same allocator reason.
 """
 from __future__ import annotations
 

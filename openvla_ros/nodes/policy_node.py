@@ -153,9 +153,9 @@ class PolicyNode(LifecycleNode):
 
     def close(self) -> None:
         """The process's end: stop the inference thread, release the backend."""
-        # Within the shutdown guard's grace: on a loaded machine an inference can outlast it, and the
-        # stop asked for must not wait for it (the backend is released when it returns, or at exit).
-        self._core.stop(timeout_s=SHUTDOWN_GRACE_S / 2)
+        # Within the shutdown guard's grace, with a second to spare for the rest of the cleanup: on
+        # a loaded machine an inference can outlast it (main then ends the process, see _release).
+        self._core.stop(timeout_s=SHUTDOWN_GRACE_S - 1.0)
         self._core.release()
 
     # ---- parameters: checked in the on-set callback, applied after they are set ------------
@@ -218,8 +218,15 @@ class PolicyNode(LifecycleNode):
     # ---- outputs ---------------------------------------------------------------------------
     def _publish(self, outcome: Outcome) -> None:
         """Called by the core on its inference thread, with its lock held."""
-        if not self.context.ok():  # a SIGINT or SIGTERM shut the context down during the inference
-            return
+        try:
+            self._publish_outcome(outcome)
+        except RuntimeError:  # rclpy's RCLError: "publisher's context is invalid"
+            # A SIGINT or SIGTERM shuts the context down from rclpy's signal handler, which can
+            # happen between any two publishes: the node is stopping, the action is dropped.
+            if self.context.ok():
+                raise
+
+    def _publish_outcome(self, outcome: Outcome) -> None:
         header = Header(stamp=stamp_msg(outcome.frame.stamp_ns), frame_id=self._core.parameter("action_frame_id"))
         action = outcome.action.tolist()
         self._action_pub.publish(action_msg(header, outcome.labels, action, 1.0 / self._core.parameter("max_rate_hz")))
@@ -247,10 +254,15 @@ def _autostart(node: PolicyNode) -> None:
             node.trigger_activate()
 
 
-def _release(node: PolicyNode, executor: SingleThreadedExecutor, log: Callable[[str], None]) -> None:
+def _release(node: PolicyNode, executor: SingleThreadedExecutor, log: Callable[[str], None]) -> bool:
+    """True when an inference still runs after close's wait (see run_node)."""
     if node.inference_running():
         log("an inference is running: it finishes before the backend is released")
     node.close()
+    if node.inference_running():
+        log("the inference is still running: the process ends without tearing the backend down under it")
+        return True
+    return False
 
 
 def main(args: list[str] | None = None, policy_loader: Callable[..., Policy] = load_policy) -> None:

@@ -101,10 +101,13 @@ class ShutdownGuard:
 
 def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
              create_executor: Callable[[], Executor], *, start: Callable[[Node], None] | None = None,
-             cleanup: Callable[[Node, Executor, Callable[[str], None]], None] | None = None) -> None:
+             cleanup: Callable[[Node, Executor, Callable[[str], None]], bool | None] | None = None) -> None:
     """A node process's main: init, create, `start` (e.g. autostart's configure), spin until SIGINT,
     SIGTERM or the starter's end, then `cleanup(node, executor, log)` and destroy, within the guard's
-    bound; `log` writes a line next to the guard's (what the cleanup waits for).
+    bound; `log` writes a line next to the guard's (what the cleanup waits for). A cleanup that
+    returns True leaves a thread inside a native library: the process then ends with `os._exit(0)`
+    once complete, since tearing the interpreter down would destroy that library under the thread
+    (ONNX Runtime aborts: "terminate called without an active exception").
 
     A stop that comes while the node is still being created or started (a model loading) is a
     normal end as well: rclpy raises KeyboardInterrupt (SIGINT) there, or fails on the context that
@@ -131,9 +134,13 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
         # shutdown already ended the code above) or a second one must not cut the cleanup short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         guard.begin()
+        still_busy = False
         if node is not None:
             if cleanup is not None:
-                cleanup(node, executor, guard.log)
+                still_busy = bool(cleanup(node, executor, guard.log))
             node.destroy_node()
         rclpy.try_shutdown()
         guard.complete()
+        if still_busy:
+            sys.stdout.flush()
+            os._exit(0)

@@ -32,6 +32,7 @@ class SafetensorsHeader:
     """The tensors a safetensors file declares."""
 
     tensors: dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, begin, end)
+    data_start: int  # file offset of the data the offsets count from (8 + header length)
 
 
 def read_header(path: Path, remedy: str = CHECKPOINT_REMEDY) -> SafetensorsHeader:
@@ -76,7 +77,7 @@ def read_header(path: Path, remedy: str = CHECKPOINT_REMEDY) -> SafetensorsHeade
     if size != expected:
         kind = "truncated" if size < expected else "too large"
         raise InvalidModelFile(path, f"{kind}: expected {expected} bytes (from its header), got {size}", remedy)
-    return SafetensorsHeader(tensors=tensors)
+    return SafetensorsHeader(tensors=tensors, data_start=8 + length)
 
 
 def check_safetensors(files: list[Path], index_path: Path | None = None, remedy: str = CHECKPOINT_REMEDY,

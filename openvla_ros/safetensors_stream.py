@@ -61,10 +61,8 @@ class CheckpointTensors:
         self._where: dict[str, tuple[Path, str, tuple[int, ...], int, int]] = {}
 
         def index(path: Path, header: SafetensorsHeader) -> None:
-            with open(path, "rb") as f:
-                data_start = 8 + struct.unpack("<Q", f.read(8))[0]
             for name, (dtype, shape, begin, end) in header.tensors.items():
-                self._where[name] = (path, dtype, shape, data_start + begin, end - begin)
+                self._where[name] = (path, dtype, shape, header.data_start + begin, end - begin)
 
         files = find_weight_files(checkpoint_dir)
         raise_first(weight_file_problems(checkpoint_dir, files, on_checked=index), checkpoint_dir)

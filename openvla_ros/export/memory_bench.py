@@ -17,19 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from openvla_ros.checkpoint import UNUSED_KEY_PREFIXES, find_weight_files, weight_file_problems
-from openvla_ros.model_files import raise_first
+from openvla_ros.checkpoint import UNUSED_KEY_PREFIXES
+from openvla_ros.safetensors_stream import CheckpointTensors
+
 
 def model_parameters(checkpoint_dir: str | Path) -> int:
     """Number of checkpoint parameters the model uses, from the safetensors headers alone."""
-    counts: list[int] = []
-    files = find_weight_files(checkpoint_dir)
-    raise_first(weight_file_problems(
-        checkpoint_dir, files,
-        on_checked=lambda _path, header: counts.extend(
-            math.prod(shape) for name, (_dtype, shape, _b, _e) in header.tensors.items()
-            if not name.startswith(UNUSED_KEY_PREFIXES))), checkpoint_dir)
-    return sum(counts)
+    tensors = CheckpointTensors(checkpoint_dir)
+    return sum(math.prod(tensors.shape(name)) for name in tensors.names() if not name.startswith(UNUSED_KEY_PREFIXES))
 
 
 def measure_export_memory(checkpoint_dir: str | Path, dtype: str = "fp16", out_dir: str | Path | None = None,

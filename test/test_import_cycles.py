@@ -12,15 +12,6 @@ from pathlib import Path
 
 PACKAGE = "openvla_ros"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
-# Cycles that exist and are being removed elsewhere: each must still be one (the test says when
-# an entry is stale), and any other cycle fails the test.
-KNOWN_CYCLES = [
-    # exporter.export_onnx hands an OFT checkpoint to oft_exporter, which takes exporter's helpers
-    # back; export/ is being reworked on another branch (issue 12): the helpers belong in a leaf module.
-    ["openvla_ros.export.exporter", "openvla_ros.export.oft_exporter"],
-]
-
-
 def module_files() -> dict[str, Path]:
     files = {}
     for path in sorted(ROOT.rglob("*.py")):
@@ -111,7 +102,4 @@ def test_cycles_finds_a_cycle():
 
 def test_no_import_cycle():
     found = cycles(import_graph())
-    new = [component for component in found if component not in KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(" <-> ".join(component) for component in new)
-    gone = [component for component in KNOWN_CYCLES if component not in found]
-    assert not gone, "no longer cycles, delete them from KNOWN_CYCLES:\n" + "\n".join(map(" <-> ".join, gone))
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(component) for component in found)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openvla_ros.export.exporter import (
+from openvla_ros.export.graph_files import (
     TORCH_DTYPES,
     Progress,
     check_export_arguments,

@@ -15,7 +15,6 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
@@ -24,7 +23,7 @@ from openvla_ros.qos import FRAMES, SENSOR_DATA  # noqa: E402
 from openvla_ros.robot_state import LIBERO_STATE_NAMES  # noqa: E402
 from ros_probe import Probe  # noqa: E402
 from test_policy_core_oft import case_inputs, predicted  # noqa: E402
-from test_policy_node import INSTRUCTION, LABELS, NODE, PolicyNodeHarness, image_msg, start_node, wait_active  # noqa: E402
+from test_policy_node import INSTRUCTION, LABELS, NODE, PolicyNodeHarness, image_msg, serving, start_node  # noqa: E402
 
 WAIT_S = 120.0  # a bound for a failing test on a loaded machine, not a timing assertion
 CONTROL_RATE_HZ = 20.0
@@ -96,15 +95,9 @@ def offsets(msg: JointTrajectory) -> list[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def oft(official_oft_onnx_export, tmp_path_factory):
     logs = tmp_path_factory.mktemp("policy_node_oft")
-    with Probe("oft_probe") as probe:
-        node = start_node(official_oft_onnx_export, "onnxruntime", logs, control_rate_hz=CONTROL_RATE_HZ)
-        try:
-            h = OFTHarness(probe, node)
-            wait_active(h)
-            h.instruction.publish(String(data=INSTRUCTION))
-            yield h
-        finally:
-            node.stop()
+    with Probe("oft_probe") as probe, serving(probe, start_node(official_oft_onnx_export, "onnxruntime", logs,
+                                                                control_rate_hz=CONTROL_RATE_HZ), OFTHarness) as h:
+        yield h
 
 
 def test_action_carries_the_chunk_predict_chunk_gives(oft, official_oft_onnx_policy, official_oft_fixture):
@@ -186,20 +179,15 @@ def queue_node(official_oft_onnx_export, tmp_path_factory):
     logs = tmp_path_factory.mktemp("policy_node_oft_queue")
     reliable = {f"qos_overrides./queue/{topic}.subscription.reliability": "reliable"
                 for topic in ("image", "wrist/image", "robot_state")}
-    with Probe("queue_probe", namespace="queue") as probe:
-        node = start_node(official_oft_onnx_export, "onnxruntime", logs, namespace="queue",
-                          action_output="queue", replan_every=3, control_rate_hz=QUEUE_RATE_HZ,
-                          max_image_age_s=60.0, **reliable)
-        try:
-            h = OFTHarness(probe, node, "/queue/policy_node", reliable=True)
-            wait_active(h)
-            h.instruction.publish(String(data=INSTRUCTION))
-            matched = lambda: all(w.get_subscription_count() > 0 for w in h.inputs.values())  # noqa: E731
-            assert node.wait_until(matched, WAIT_S), "the node's input readers never matched"
-            assert node.wait_until(lambda: h.diagnostics()["instruction"] == INSTRUCTION, WAIT_S)
-            yield h
-        finally:
-            node.stop()
+    with Probe("queue_probe", namespace="queue") as probe, serving(
+            probe, start_node(official_oft_onnx_export, "onnxruntime", logs, namespace="queue",
+                              action_output="queue", replan_every=3, control_rate_hz=QUEUE_RATE_HZ,
+                              max_image_age_s=60.0, **reliable),
+            lambda p, n: OFTHarness(p, n, "/queue/policy_node", reliable=True)) as h:
+        matched = lambda: all(w.get_subscription_count() > 0 for w in h.inputs.values())  # noqa: E731
+        assert h.node.wait_until(matched, WAIT_S), "the node's input readers never matched"
+        assert h.node.wait_until(lambda: h.diagnostics()["instruction"] == INSTRUCTION, WAIT_S)
+        yield h
 
 
 def _steps(h: OFTHarness, stamp) -> list[JointTrajectory]:

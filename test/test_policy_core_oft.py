@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from openvla_ros.node_process import wait_until
+from openvla_ros.nodes import policy_params
 from openvla_ros.policy import load_policy
 from openvla_ros.processing import center_crop
 from openvla_ros.robot_state import LIBERO_STATE_NAMES
@@ -218,3 +219,11 @@ def test_reset_new_instruction_and_deactivation_clear_the_queue(queued, official
     assert (status["chunks_queued"], status["actions_published"], status["queue_ticks_empty"]) == ("3", "3", "2")
     h.core.activate()  # deactivated: the tick did nothing and counted nothing
     assert tick(h) is None and h.counts()["queue_ticks_empty"] == "3"
+
+
+def test_action_output_names_its_choices():
+    assert policy_params.launch_overrides({"action_output": "queue", "replan_every": "8"}) == {
+        "action_output": "queue", "replan_every": 8}
+    with pytest.raises(ValueError, match="action_output:=stream: action_output 'stream' is unknown; expected one "
+                                         "of chunk, queue"):
+        policy_params.launch_overrides({"action_output": "stream"})

@@ -65,6 +65,16 @@ class ActionQueue:
         return self._chunk is None or self._chunk.next_index >= min(self.replan_every, self._chunk.actions.shape[0])
 
     @property
+    def executed(self) -> int:
+        """Actions of the current chunk executed so far: after a pop, the popped action's 1-based step."""
+        return 0 if self._chunk is None else self._chunk.next_index
+
+    @property
+    def source_stamp_ns(self) -> int | None:
+        """The stamp of the frame the current chunk was planned from (None without a chunk)."""
+        return None if self._chunk is None else self._chunk.source_stamp_ns
+
+    @property
     def remaining(self) -> int:
         """Actions of the current chunk not executed yet."""
         return 0 if self._chunk is None else self._chunk.actions.shape[0] - self._chunk.next_index

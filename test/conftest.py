@@ -185,6 +185,25 @@ def tiny_oft_onnx_export(tiny_oft_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_oft_onnx_export(official_oft_fixture, tmp_path_factory) -> Path:
+    """The official OFT fixture's checkpoint exported to the OFT graphs + manifest (fp32, default layout)."""
+    from openvla_ros.export import export_onnx
+
+    return export_onnx(official_oft_fixture / "ckpt", tmp_path_factory.mktemp("official_oft") / "onnx", progress=None)
+
+
+@pytest.fixture(scope="session")
+def official_oft_onnx_policy(official_oft_onnx_export):
+    """`official_oft_onnx_export` loaded on ONNX Runtime in the test process: what the chunks a
+    policy node publishes are compared with."""
+    from openvla_ros.policy import load_policy
+
+    policy = load_policy("onnxruntime", official_oft_onnx_export)
+    yield policy
+    policy.close()
+
+
+@pytest.fixture(scope="session")
 def small_onnx_export(small_checkpoint, tmp_path_factory) -> Path:
     """`small_checkpoint` exported to the ONNX graphs + manifest (fp32, default layout)."""
     from openvla_ros.export import export_onnx

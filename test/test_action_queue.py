@@ -34,9 +34,13 @@ def test_replanning_every_k_steps_keeps_executing_until_the_new_chunk_arrives():
         np.testing.assert_array_equal(queue.pop(k * MS), first[k])
     assert queue.needs_plan
     np.testing.assert_array_equal(queue.pop(4 * MS), first[3])  # the plan is late: the remainder runs on
+    assert (queue.executed, queue.source_stamp_ns) == (4, 0)
     queue.push(second, source_stamp_ns=3 * MS, now_ns=5 * MS)
-    assert not queue.needs_plan and queue.remaining == 8
+    assert not queue.needs_plan and queue.remaining == 8 and queue.executed == 0
     np.testing.assert_array_equal(queue.pop(6 * MS), second[0])
+    assert (queue.executed, queue.source_stamp_ns) == (1, 3 * MS)  # the popped action: step 1 of frame 3 ms
+    queue.clear()
+    assert (queue.executed, queue.source_stamp_ns) == (0, None)
 
 
 def test_a_chunk_from_a_stale_frame_is_dropped():
@@ -66,5 +70,8 @@ def test_chunk_trajectory_has_one_point_per_step_at_k_over_the_rate():
         assert list(point.positions) == chunk[k - 1].tolist()
         assert point.time_from_start.sec * 10**9 + point.time_from_start.nanosec == k * 50 * MS
     assert (step_offset(30, 15.0).sec, step_offset(30, 15.0).nanosec) == (2, 0)
+    # part of a chunk (the action queue's step 3 alone) is that chunk's point 3
+    alone = chunk_trajectory(chunk[2:3], labels, Time(sec=12, nanosec=5), "tool0", 20.0, first_step=3)
+    assert alone.points == [msg.points[2]]
     with pytest.raises(ValueError, match="do not match 3 labels"):
         chunk_trajectory(chunk, labels[:3], Time(), "tool0", 20.0)

@@ -141,14 +141,9 @@ def test_predict_cli_runs_an_oft_export(tiny_oft_onnx_export, tmp_path, capsys):
     assert result["backend"] == "onnxruntime" and np.asarray(result["actions"]).shape == (8, 7)
 
 
-@pytest.fixture(scope="module")
-def official_oft_export(official_oft_fixture, tmp_path_factory):
-    return export_onnx(official_oft_fixture / "ckpt", tmp_path_factory.mktemp("official_oft") / "onnx", progress=None)
-
-
-def test_onnx_runtime_reproduces_the_official_oft_fixture(official_oft_fixture, official_oft_export):
+def test_onnx_runtime_reproduces_the_official_oft_fixture(official_oft_fixture, official_oft_onnx_export):
     reference = json.loads((SHARED_OFT_FIXTURE / "reference.json").read_text())
-    policy = load_policy("onnxruntime", official_oft_export)
+    policy = load_policy("onnxruntime", official_oft_onnx_export)
     try:
         for case in reference["cases"]:
             images = [np.asarray(Image.open(official_oft_fixture / case[k]).convert("RGB"))

@@ -23,7 +23,7 @@ def policy(official_oft_fixture):
     return load_policy("torch", official_oft_fixture / "ckpt")
 
 
-def _images(fixture, case) -> list[np.ndarray]:
+def case_images(fixture, case) -> list[np.ndarray]:
     return [np.asarray(Image.open(fixture / case[key]).convert("RGB")) for key in ("agentview", "wrist")]
 
 
@@ -40,7 +40,7 @@ def test_constants_come_from_the_component_weights(policy):
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_official_case_is_reproduced(case, official_oft_fixture, policy):
-    prediction = policy.predict_chunk(_images(official_oft_fixture, case), case["instruction"], case["state"])
+    prediction = policy.predict_chunk(case_images(official_oft_fixture, case), case["instruction"], case["state"])
     # The reference holds the processor's ids; OFT's predict_action then appends the space token.
     assert prediction.prompt_ids == case["prompt_ids"] + [SPACE_TOKEN_ID]
     np.testing.assert_allclose(prediction.normalized_proprio, case["normalized_proprio"], rtol=0, atol=1e-12)
@@ -50,7 +50,7 @@ def test_official_case_is_reproduced(case, official_oft_fixture, policy):
 
 def test_wrong_inputs_are_refused_with_the_expected_shape(official_oft_fixture, policy):
     case = CASES[0]
-    images = _images(official_oft_fixture, case)
+    images = case_images(official_oft_fixture, case)
     with pytest.raises(ValueError, match="got 1 images; this OFT model takes 2"):
         policy.predict_chunk(images[:1], case["instruction"], case["state"])
     with pytest.raises(ValueError, match=r"expected 8 values"):

@@ -19,7 +19,8 @@ import pytest
 from openvla_ros.node_process import wait_until
 from openvla_ros.nodes import policy_params
 from openvla_ros.policy import load_policy
-from openvla_ros.policy_core.core import ACTIVE, ERROR, INACTIVE, OK, UNCONFIGURED, WARN, Outcome, PolicyCore
+from openvla_ros.policy_core.core import (ACTIVE, ERROR, INACTIVE, OK, UNCONFIGURED, WARN, Outcome, PolicyCore,
+                                          QueuedStep)
 from openvla_ros.policy_core.schedule import Schedule
 from openvla_ros.runtime.manifest import Manifest
 from openvla_ros.runtime.onnxruntime_backend import OnnxRuntimeGraphs
@@ -43,10 +44,11 @@ class Harness:
         values = {name: spec.default for name, spec in policy_params.PARAMS.items()}
         values.update(backend="onnxruntime", **params)
         self.outcomes: queue.Queue[Outcome] = queue.Queue()
+        self.queued_steps: queue.Queue[QueuedStep] = queue.Queue()  # what the action queue pops (OFT)
         self.deactivation_requests = 0
         self.core = PolicyCore(values, time.time_ns, publish=self.outcomes.put,
                                request_deactivation=self._request_deactivation,
-                               log=logging.getLogger("test_policy_core"))
+                               log=logging.getLogger("test_policy_core"), publish_step=self.queued_steps.put)
         self.loader = loader
 
     def _request_deactivation(self) -> None:

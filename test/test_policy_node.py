@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -137,18 +139,26 @@ def wait_active(harness: PolicyNodeHarness, timeout: float = 60.0) -> None:
     assert ok, "node did not become active:\n" + harness.node.log_text()[-3000:]
 
 
+@contextmanager
+def serving(probe: Probe, node: NodeProcess,
+            make_harness: Callable[[Probe, NodeProcess], PolicyNodeHarness] = PolicyNodeHarness
+            ) -> Iterator[PolicyNodeHarness]:
+    """`node`'s harness once the node is active with INSTRUCTION set; the node stops on exit."""
+    try:
+        h = make_harness(probe, node)
+        wait_active(h)
+        h.instruction.publish(String(data=INSTRUCTION))
+        yield h
+    finally:
+        node.stop()
+
+
 @pytest.fixture(scope="module")
 def harness(tiny_onnx_export, tmp_path_factory):
     logs = tmp_path_factory.mktemp("policy_node")
-    with Probe() as probe:
-        node = start_node(tiny_onnx_export, "onnxruntime", logs, max_image_pixels=MAX_PIXELS)
-        try:
-            h = PolicyNodeHarness(probe, node)
-            wait_active(h)
-            h.instruction.publish(String(data=INSTRUCTION))
-            yield h
-        finally:
-            node.stop()
+    with Probe() as probe, serving(probe, start_node(tiny_onnx_export, "onnxruntime", logs,
+                                                     max_image_pixels=MAX_PIXELS)) as h:
+        yield h
 
 
 def test_actions_equal_predict_onnxruntime(harness, tiny_onnx_export, tmp_path):

@@ -91,8 +91,9 @@ class PairConfig:
             # Every lockstep frame must arrive: a lost best-effort frame costs an action_timeout_s re-send.
             "qos_overrides./image.subscription.reliability": "reliable",
         }
-        if self.model_family == "oft":  # the same for OFT's second camera
+        if self.model_family == "oft":  # the same for OFT's second camera and the robot state
             own["qos_overrides./wrist/image.subscription.reliability"] = "reliable"
+            own["qos_overrides./robot_state.subscription.reliability"] = "reliable"
         _refuse_own("policy", self.policy_overrides, own)
         return {**checked_overrides(self.policy_overrides), **own}
 

@@ -48,6 +48,10 @@ class TorchOFTPolicy:
         normalizer = ChunkNormalizer.from_norm_stats(config.norm_stats, key, model.layout)
         return cls(model, ChunkInputs.from_directory(model_dir, normalizer), model_name=model_dir.resolve().name)
 
+    def check_instruction(self, instruction: str) -> None:
+        """The text checks only: the reference model has no static prompt budget."""
+        self.inputs.prompts.encode(instruction)
+
     @torch.inference_mode()
     def predict_chunk(self, images: Sequence[np.ndarray], instruction: str,
                       state: Sequence[float] | None = None) -> ChunkPrediction:

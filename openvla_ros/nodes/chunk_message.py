@@ -20,8 +20,10 @@ def step_offset(step: int, control_rate_hz: float) -> Duration:
 
 
 def chunk_trajectory(actions: np.ndarray, labels: Sequence[str], stamp: Time, frame_id: str,
-                     control_rate_hz: float) -> JointTrajectory:
-    """actions [chunk, action_dim] -> JointTrajectory with one point per step (see module docstring)."""
+                     control_rate_hz: float, first_step: int = 1) -> JointTrajectory:
+    """actions [chunk, action_dim] -> JointTrajectory with one point per step (see module docstring).
+    `first_step`: the step of the first row, for part of a chunk (the action queue's one action
+    of step k is the chunk message's point k alone)."""
     actions = np.asarray(actions, dtype=np.float64)
     if actions.ndim != 2 or actions.shape[1] != len(labels):
         raise ValueError(f"actions of shape {actions.shape} do not match {len(labels)} labels")
@@ -31,5 +33,5 @@ def chunk_trajectory(actions: np.ndarray, labels: Sequence[str], stamp: Time, fr
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
     msg.joint_names = list(labels)
     msg.points = [JointTrajectoryPoint(positions=row.tolist(), time_from_start=step_offset(k, control_rate_hz))
-                  for k, row in enumerate(actions, 1)]
+                  for k, row in enumerate(actions, first_step)]
     return msg

@@ -17,6 +17,7 @@ from openvla_ros.policy_core.limits import parse_action_limits
 
 RUNTIME, ACTIVATE, CONFIGURE = "runtime", "activate", "configure"
 MODES = ("continuous", "trigger")
+ACTION_OUTPUTS = ("chunk", "queue")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,20 @@ PARAMS: dict[str, ParamSpec] = {
                                            "error and its late result is discarded (raise it for slow backends, "
                                            "e.g. a 7B model on torch CPU)", RUNTIME, float_range=(0.001, 3600.0)),
     "enabled": ParamSpec(True, "publish actions (also set by ~/enable)", RUNTIME),
+    # OpenVLA-OFT (a chunk policy) only; an OpenVLA model ignores them.
+    "sync_tolerance_s": ParamSpec(0.02, "OpenVLA-OFT: the image, wrist image(s) and robot state of one inference "
+                                        "must be stamped within this many seconds of each other, else the "
+                                        "inference is refused as out of sync", RUNTIME, float_range=(0.0, 3600.0)),
+    "control_rate_hz": ParamSpec(20.0, "OpenVLA-OFT: the robot's control rate; a chunk's step k is due k / "
+                                       "control_rate_hz after its frame (time_from_start), and in queue output "
+                                       "one action is published per 1 / control_rate_hz", ACTIVATE,
+                                 float_range=(0.01, 1000.0)),
+    "action_output": ParamSpec("chunk", "OpenVLA-OFT in continuous mode: chunk: publish each inference's whole "
+                                        "chunk on action; queue: execute chunks one action per control tick "
+                                        "(~/step in trigger mode always answers with the whole chunk)", ACTIVATE),
+    "replan_every": ParamSpec(0, "OpenVLA-OFT queue output: infer a new chunk after this many actions of the "
+                                 "current one (0 = the chunk length: each chunk runs open loop, as OFT's LIBERO "
+                                 "evaluation does)", ACTIVATE, int_range=(0, 1000000)),
 }
 
 
@@ -93,6 +108,8 @@ def check_value(name: str, value: Any) -> None:
         raise ValueError(f"backend {value!r} is unknown; expected one of {', '.join(BACKENDS)}")
     if name == "mode" and value not in MODES:
         raise ValueError(f"mode {value!r} is unknown; expected one of {', '.join(MODES)}")
+    if name == "action_output" and value not in ACTION_OUTPUTS:
+        raise ValueError(f"action_output {value!r} is unknown; expected one of {', '.join(ACTION_OUTPUTS)}")
     if name == "action_limits":
         parse_action_limits(value, None)
 

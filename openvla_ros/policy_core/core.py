@@ -18,8 +18,13 @@ counted and logged, and never counts toward max_consecutive_errors; a rejected i
 the current one (it stops acting rather than carry on with an old task). Only backend faults count: an
 exception from the backend, an inference past inference_timeout_s, a non-finite action.
 
-A chunk policy (OpenVLA-OFT) plugs in through `infer` (what runs for each job, under the watchdog) and a
-`Frame` carrying its extra inputs.
+A chunk policy (OpenVLA-OFT, one with `predict_chunk`) runs `infer_chunk` on a `Frame` paired at
+inference start with the latest wrist image(s) and robot state (`extra_inputs.py`): each is checked
+on receipt like a frame, and at inference start for its age and for being in sync with the frame
+(sync_tolerance_s); what fails is a rejection. Its chunk (clipped per step) is published whole
+(action_output chunk, and every ~/step), or in continuous mode with action_output queue pushed into
+an `ActionQueue` that `tick` (the node's control-rate timer) pops one action from per call; an
+inference then starts only when the queue asks for a new plan (after replan_every actions).
 """
 from __future__ import annotations
 
@@ -32,15 +37,20 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from openvla_ros.action_queue import ActionQueue
 from openvla_ros.actions import dimension_labels
 from openvla_ros.input_checks import InputRejected, check_instruction_text
+from openvla_ros.input_sync import InputsOutOfSync
 from openvla_ros.model_files import ModelFileError
 from openvla_ros.nodes.backend_runner import BackendBusy, BackendRunner, CallAbandoned, InferenceTimeout
 from openvla_ros.nodes.latency_window import LatencyWindow
+from openvla_ros.oft import ChunkLayout
+from openvla_ros.policy_core.extra_inputs import LatestInputs, chunk_layout_of, stale_input
 from openvla_ros.policy_core.limits import clip, parse_action_limits
 from openvla_ros.policy_core.schedule import Frame, Job, Schedule, StepDone
 from openvla_ros.policy_protocol import Policy
 from openvla_ros.processing import center_crop
+from openvla_ros.robot_state import StateRejected, state_vector
 from openvla_ros.stamps import stamp_problem
 
 UNCONFIGURED, INACTIVE, ACTIVE = "unconfigured", "inactive", "active"
@@ -49,6 +59,12 @@ WARN_PERIOD_S = 5.0  # each kind of warning is logged at most once per period
 COUNTERS = ("frames_received", "frames_replaced", "frames_stale", "frames_rejected", "frames_zero_stamp",
             "frames_future_stamp", "instructions_rejected", "actions_published", "actions_clipped", "skipped",
             "errors", "inference_timeouts")
+# A chunk policy's inputs and outputs besides (OpenVLA-OFT; reported for it only).
+CHUNK_COUNTERS = ("wrist_images_received", "wrist_images_rejected", "wrist_images_zero_stamp",
+                  "wrist_images_future_stamp", "wrist_images_stale", "states_received", "states_rejected",
+                  "states_zero_stamp", "states_future_stamp", "states_stale", "inputs_out_of_sync", "chunks_queued",
+                  "chunks_dropped_stale", "queue_ticks_empty")
+STALE_COUNTERS = {"robot_state": "states_stale"}  # any other paired input is a wrist image
 
 
 class Log(Protocol):
@@ -65,7 +81,7 @@ class Log(Protocol):
 class Inferred:
     """What `infer` returns for one job."""
 
-    action: np.ndarray  # float64, unnormalized, before action_limits
+    action: np.ndarray  # float64 [action_dim] (a chunk policy: [chunk, action_dim]), unnormalized, unclipped
     stages_ms: dict[str, float]  # the backend's own stage timings
     crop_ms: float
     backend_ms: float  # policy.predict's wall time
@@ -76,10 +92,22 @@ class Outcome:
     """An action to publish, with what ~/timing reports about it."""
 
     frame: Frame
-    action: np.ndarray  # float64 [action_dim], after action_limits
+    action: np.ndarray  # float64 [action_dim] (a chunk: [chunk, action_dim]), after action_limits
     labels: tuple[str, ...]
     inferred: Inferred
     started_unix_ns: int  # wall clock when the inference was started
+    queued: bool = False  # the chunk went into the action queue: only ~/timing reports it now
+
+
+@dataclass(frozen=True)
+class QueuedStep:
+    """One action popped from the action queue: step `step` (1-based) of the chunk planned from
+    the frame stamped `stamp_ns`."""
+
+    action: np.ndarray  # float64 [action_dim], after action_limits
+    step: int
+    stamp_ns: int
+    labels: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -105,6 +133,20 @@ def infer_action(policy: Policy, frame: Frame, instruction: str, crop_scale: flo
                     crop_ms=(t1 - t0) * 1e3, backend_ms=(t2 - t1) * 1e3)
 
 
+def infer_chunk(policy: Policy, frame: Frame, instruction: str, crop_scale: float) -> Inferred:
+    """One chunk from the frame and its paired wrist image(s) and state: crop every image (as OFT's
+    LIBERO evaluation crops each camera's), predict."""
+    t0 = time.perf_counter()
+    images = [frame.image, *(wrist.value for wrist in frame.wrist)]
+    if crop_scale != 1.0:
+        images = [center_crop(image, crop_scale) for image in images]
+    t1 = time.perf_counter()
+    prediction = policy.predict_chunk(images, instruction, None if frame.state is None else frame.state.value)
+    t2 = time.perf_counter()
+    return Inferred(np.asarray(prediction.actions, dtype=np.float64), prediction.timings_ms,
+                    crop_ms=(t1 - t0) * 1e3, backend_ms=(t2 - t1) * 1e3)
+
+
 class _Throttle:
     """True at most once per `period_s` for each key."""
 
@@ -125,12 +167,16 @@ class _Throttle:
 
 class PolicyCore:
     def __init__(self, params: dict[str, Any], clock_ns: Callable[[], int], publish: Callable[[Outcome], None],
-                 request_deactivation: Callable[[], None], log: Log, infer: Infer = infer_action) -> None:
+                 request_deactivation: Callable[[], None], log: Log,
+                 publish_step: Callable[[QueuedStep], None] | None = None) -> None:
         """`params`: every declared parameter's value (nodes/policy_params.py); `clock_ns`: the
-        node clock, which frame stamps are read against."""
+        node clock, which frame stamps are read against; `publish_step`: an action the queue
+        popped (action_output queue), called with the core's lock held like `publish`."""
         self._cfg = dict(params)
         self._clock_ns, self._publish, self._request_deactivation = clock_ns, publish, request_deactivation
-        self._log, self._infer = log, infer
+        self._publish_step = publish_step
+        self._log = log
+        self._infer: Infer = infer_action  # infer_chunk for a chunk policy (set on configure)
         self._throttle = _Throttle(WARN_PERIOD_S)
         self._cond = threading.Condition()
         # Held while taking the policy and starting a backend call, so release never closes the
@@ -143,6 +189,9 @@ class PolicyCore:
         self._policy: Policy | None = None
         self._labels: tuple[str, ...] = ()
         self._limits: np.ndarray | None = None
+        self._layout: ChunkLayout | None = None  # a chunk policy's
+        self._extras: LatestInputs | None = None  # a chunk policy's latest wrist image(s) and state
+        self._queue: ActionQueue | None = None  # set while active with action_output queue
         self._schedule = Schedule()
         self._instruction: str | None = None
         self._instruction_rejection = ""  # why the last instruction was rejected, until a good one arrives
@@ -189,16 +238,33 @@ class PolicyCore:
         except ValueError as exc:
             policy.close()
             return self._configure_failed(str(exc))
+        layout = chunk_layout_of(policy)
         with self._cond:
-            self._policy, self._limits = policy, limits
+            self._policy, self._limits, self._layout = policy, limits, layout
+            self._extras = LatestInputs(layout) if layout is not None else None
+            self._infer = infer_chunk if layout is not None else infer_action
             self._labels = tuple(dimension_labels(policy.action_dim))
             self._state = INACTIVE
             held = self._instruction
         if held is not None:  # received before this model was loaded: check it against the model now
             self._screen_instruction(held, policy)
-        self._log.info(f"loaded {policy.model_name} ({backend}, {policy.action_dim}-D actions, "
+        chunks = "" if layout is None else (f", chunks of {layout.chunk} from {layout.num_images} image(s)"
+                                            f"{' and the robot state' if layout.uses_proprio else ''}")
+        self._log.info(f"loaded {policy.model_name} ({backend}, {policy.action_dim}-D actions{chunks}, "
                        f"norm stats {policy.unnorm_key}) from {model_dir}")
         return True
+
+    @property
+    def chunk_layout(self) -> ChunkLayout | None:
+        """The loaded chunk policy's layout (what inputs it takes); None for a one-action policy."""
+        return self._layout
+
+    @property
+    def queues_actions(self) -> bool:
+        """Whether activating acts through the action queue: a chunk policy, continuous mode,
+        action_output queue."""
+        return (self._layout is not None and self._cfg["mode"] == "continuous"
+                and self._cfg["action_output"] == "queue")
 
     def _configure_failed(self, reason: str) -> bool:
         with self._cond:
@@ -208,16 +274,36 @@ class PolicyCore:
 
     def activate(self) -> None:
         with self._cond:
-            self._schedule.frames.clear()
+            self._forget_inputs_locked()
             self._consecutive_errors = 0
+            self._queue = self._new_queue_locked() if self.queues_actions else None
             self._state, self._deactivation_pending = ACTIVE, False
             self._cond.notify_all()
-        self._log.info(f"active, mode {self._cfg['mode']}")
+        queue = "" if self._queue is None else (f", action queue at {self._cfg['control_rate_hz']:g} Hz re-planning "
+                                                f"every {self._queue.replan_every} actions")
+        self._log.info(f"active, mode {self._cfg['mode']}{queue}")
+
+    def _new_queue_locked(self) -> ActionQueue:
+        replan_every = self._cfg["replan_every"] or self._layout.chunk
+        horizon_s = replan_every / self._cfg["control_rate_hz"]
+        if horizon_s > self._cfg["max_image_age_s"]:
+            self._log.warning(f"action queue: {replan_every} actions at {self._cfg['control_rate_hz']:g} Hz take "
+                              f"{horizon_s:.3f} s, longer than max_image_age_s ({self._cfg['max_image_age_s']:g} s): "
+                              "each chunk is dropped as stale before it is executed to the end")
+        return ActionQueue(replan_every, round(self._cfg["max_image_age_s"] * 1e9))
+
+    def _forget_inputs_locked(self) -> None:
+        self._schedule.frames.clear()
+        if self._extras is not None:
+            self._extras.clear()
+        if self._queue is not None:
+            self._queue.clear()
 
     def deactivate(self) -> None:
         """Stop acting; waiting ~/step requests fail. Nothing is published once this returns."""
         with self._cond:
             self._state, self._deactivation_pending = INACTIVE, False
+            self._queue = None
             self._schedule.fail_steps("node is inactive")
 
     def release(self) -> None:
@@ -225,6 +311,7 @@ class PolicyCore:
         with self._inference_lock:
             with self._cond:
                 policy, self._policy = self._policy, None
+                self._layout = self._extras = self._queue = None
                 self._state = UNCONFIGURED
             if policy is not None:
                 self._backend.close_when_idle(lambda: self._close_policy(policy))
@@ -279,12 +366,12 @@ class PolicyCore:
         problem = stamp_problem(stamp_ns, self._clock_ns(), self._cfg["max_future_stamp_s"])
         if problem is not None:
             kind, reason = problem
-            self._reject_frame(reason, f"frames_{kind}_stamp")
+            self._reject_input("frames", "image", reason, kind)
             return
         try:
             image = convert(self._cfg["max_image_pixels"])
         except ValueError as exc:
-            self._reject_frame(str(exc))
+            self._reject_input("frames", "image", str(exc))
             return
         with self._cond:
             self._counts["frames_received"] += 1
@@ -297,13 +384,51 @@ class PolicyCore:
             # bookkeeping after this callback, which delayed inference by ~0.6 ms on 2 cores.
             time.sleep(0)
 
-    def _reject_frame(self, reason: str, counter: str | None = None) -> None:
+    def offer_wrist(self, index: int, stamp_ns: int, convert: Callable[[int], np.ndarray]) -> None:
+        """Wrist camera `index`'s image (chunk policies): checked like a frame, stored as its latest."""
+        topic = "wrist image" if index == 0 else f"wrist image {index + 1}"
+        problem = stamp_problem(stamp_ns, self._clock_ns(), self._cfg["max_future_stamp_s"])
+        if problem is not None:
+            self._reject_input("wrist_images", topic, problem[1], problem[0])
+            return
+        try:
+            image = convert(self._cfg["max_image_pixels"])
+        except ValueError as exc:
+            self._reject_input("wrist_images", topic, str(exc))
+            return
         with self._cond:
-            self._counts["frames_rejected"] += 1
-            if counter:
-                self._counts[counter] += 1
-            self._last_rejection = f"image: {reason}"
-        self._warn("image", f"rejected image: {reason}")
+            if self._extras is not None and index < len(self._extras.wrist_topics):
+                self._extras.put_wrist(index, image, stamp_ns)
+                self._counts["wrist_images_received"] += 1
+
+    def offer_state(self, stamp_ns: int, names: list[str], positions: list[float]) -> None:
+        """A robot state (chunk policies with proprio): names, values and stamp checked
+        (robot_state.py), stored as the latest."""
+        with self._cond:
+            expected = None if self._extras is None else self._extras.state_names
+        if expected is None:
+            return  # no model loaded, or it takes no state
+        try:
+            values = state_vector(names, positions, stamp_ns, self._clock_ns(), self._cfg["max_future_stamp_s"],
+                                  expected)
+        except StateRejected as exc:
+            self._reject_input("states", "robot state", str(exc), exc.problem if exc.problem in ("zero", "future")
+                               else None)
+            return
+        with self._cond:
+            if self._extras is not None:
+                self._extras.put_state(values, stamp_ns)
+                self._counts["states_received"] += 1
+
+    def _reject_input(self, counter: str, what: str, reason: str, stamp_kind: str | None = None) -> None:
+        """Count a rejected input (`<counter>_rejected`, and `<counter>_<zero|future>_stamp` for a
+        bad stamp), remember and log (throttled) why."""
+        with self._cond:
+            self._counts[f"{counter}_rejected"] += 1
+            if stamp_kind:
+                self._counts[f"{counter}_{stamp_kind}_stamp"] += 1
+            self._last_rejection = f"{what}: {reason}"
+        self._warn(what, f"rejected {what}: {reason}")
 
     def offer_instruction(self, text: str) -> None:
         """A new instruction: set when it passes the checks, else rejected (and no instruction is set)."""
@@ -313,6 +438,8 @@ class PolicyCore:
         if self._screen_instruction(text, policy):
             with self._cond:
                 self._instruction, self._instruction_rejection = text, ""
+                if self._queue is not None:
+                    self._queue.clear()  # a plan for the previous task
             self._log.info(f"instruction: {text!r}")
         self._instruction_ms.record((time.perf_counter() - start) * 1e3)
 
@@ -338,6 +465,8 @@ class PolicyCore:
             self._counts["instructions_rejected"] += 1
             if if_current is None or self._instruction == if_current:
                 self._instruction = None
+                if self._queue is not None:
+                    self._queue.clear()  # it stops acting rather than carry on with the old task
             self._instruction_rejection = reason
             self._last_rejection = f"instruction: {reason}"
         self._warn("instruction", f"rejected instruction (no instruction is set now): {reason}")
@@ -355,9 +484,10 @@ class PolicyCore:
         return None
 
     def reset(self) -> None:
-        """Forget the pending frame and the error state."""
+        """Forget the pending frame (and a chunk policy's other inputs and queued actions) and the
+        error state."""
         with self._cond:
-            self._schedule.frames.clear()
+            self._forget_inputs_locked()
             self._consecutive_errors = 0
             self._last_error = self._last_skip = ""
 
@@ -393,7 +523,9 @@ class PolicyCore:
 
     def _next_job_locked(self) -> Job | None:
         while not self._stopping:
-            continuous = self._acting_locked() and self._cfg["mode"] == "continuous"
+            # With the action queue, a new frame is acted on only once the queue asks for a plan.
+            continuous = (self._acting_locked() and self._cfg["mode"] == "continuous"
+                          and (self._queue is None or self._queue.needs_plan))
             job, wait = self._schedule.next_job(continuous, self._cfg["max_rate_hz"], time.monotonic())
             if job is not None:
                 return job
@@ -413,13 +545,17 @@ class PolicyCore:
         with self._inference_lock:
             with self._cond:
                 skip = self._skip_reason_locked(frame)
+                if skip is None and self._extras is not None:
+                    frame, skip = self._paired_locked(frame)
                 instruction, policy, limits, labels = self._instruction, self._policy, self._limits, self._labels
+                infer = self._infer
+                shape = (len(labels),) if self._layout is None else (self._layout.chunk, len(labels))
                 crop_scale, timeout = self._cfg["center_crop_scale"], self._cfg["inference_timeout_s"]
             if skip:
                 return skip
             started_unix_ns, t0 = time.time_ns(), time.perf_counter()
             try:
-                call = self._backend.start(lambda: self._infer(policy, frame, instruction, crop_scale), timeout,
+                call = self._backend.start(lambda: infer(policy, frame, instruction, crop_scale), timeout,
                                            on_timeout=lambda exc: self._on_timeout(job, exc))
             except BackendBusy as exc:
                 return self._record_error(str(exc))
@@ -433,21 +569,77 @@ class PolicyCore:
             return self._record_error(f"{type(exc).__name__}: {exc}")
         t2 = time.perf_counter()
         action = inferred.action
-        if action.shape != (len(labels),) or not np.all(np.isfinite(action)):
-            return self._record_error(f"backend returned a non-finite or mis-shaped action {action.tolist()}")
+        if action.shape != shape or not np.all(np.isfinite(action)):
+            return self._record_error(f"backend returned a non-finite or mis-shaped action {action.tolist()} "
+                                      f"(expected shape {shape})")
         clipped = clip(action, limits)
         with self._cond:
             if self._stopping:
                 return "node is shutting down"
             if not self._acting_locked() or not self._cfg["enabled"]:
                 return "node was deactivated or disabled during the inference"
-            self._publish(Outcome(frame, clipped, labels, inferred, started_unix_ns))
-            self._counts["actions_published"] += 1
+            queued = self._queue is not None  # (only in continuous mode: a ~/step is always answered in full)
+            if queued:
+                self._queue_chunk_locked(clipped, frame.stamp_ns)
+            self._publish(Outcome(frame, clipped, labels, inferred, started_unix_ns, queued=queued))
+            self._counts["actions_published"] += int(not queued)
             self._counts["actions_clipped"] += int(not np.array_equal(clipped, action))
             self._consecutive_errors = 0
             self._last_skip = ""
         self._inference_ms.record((t2 - t0) * 1e3)
         return None
+
+    def _paired_locked(self, frame: Frame) -> tuple[Frame, str | None]:
+        """A chunk policy's frame with its wrist image(s) and state, or why it cannot run (out of
+        sync, missing, stale: rejections, counted)."""
+        try:
+            paired = self._extras.pair(frame, self._cfg["sync_tolerance_s"])
+        except InputsOutOfSync as exc:
+            self._counts["inputs_out_of_sync"] += 1
+            return frame, self._skip_locked(str(exc), "sync", rejection=True)
+        stale = stale_input(paired, self._clock_ns(), self._cfg["max_image_age_s"])
+        if stale is None:
+            return paired, None
+        topic, age_s = stale
+        self._counts[STALE_COUNTERS.get(topic, "wrist_images_stale")] += 1
+        return frame, self._skip_locked(f"stale {topic}: stamp is {age_s:.3f} s old; max_image_age_s is "
+                                        f"{self._cfg['max_image_age_s']}", "skip")
+
+    def _skip_locked(self, reason: str, kind: str, rejection: bool = False) -> str:
+        self._counts["skipped"] += 1
+        self._last_skip = reason
+        if rejection:
+            self._last_rejection = f"{kind}: {reason}"
+        self._warn(kind, f"no action: {reason}")
+        return reason
+
+    def _queue_chunk_locked(self, chunk: np.ndarray, stamp_ns: int) -> None:
+        dropped = self._queue.dropped_stale
+        if self._queue.push(chunk, stamp_ns, self._clock_ns()):
+            self._counts["chunks_queued"] += 1
+        self._counts["chunks_dropped_stale"] += self._queue.dropped_stale - dropped
+
+    def tick(self) -> None:
+        """One control tick of the action queue (action_output queue): the next action goes to
+        `publish_step`, or none (counted as queue_ticks_empty) when the queue has none to execute:
+        used up, dropped as stale (counted), not planned yet, or the node not acting."""
+        with self._cond:
+            queue = self._queue
+            if queue is None or not self._acting_locked():
+                return
+            if not self._cfg["enabled"]:
+                queue.clear()  # enabling again starts from a new plan, not from a chunk that aged meanwhile
+                return
+            dropped = queue.dropped_stale
+            action = queue.pop(self._clock_ns())
+            self._counts["chunks_dropped_stale"] += queue.dropped_stale - dropped
+            if action is None:
+                self._counts["queue_ticks_empty"] += 1
+            else:
+                self._publish_step(QueuedStep(action, queue.executed, queue.source_stamp_ns, self._labels))
+                self._counts["actions_published"] += 1
+            if queue.needs_plan:
+                self._cond.notify_all()  # the inference thread waits for this to act on the next frame
 
     def _skip_reason_locked(self, frame: Frame | None) -> str | None:
         if not self._acting_locked():
@@ -465,16 +657,13 @@ class PolicyCore:
                 return None
             self._counts["frames_stale"] += 1
             reason = f"stale frame: stamp is {age_s:.3f} s old; max_image_age_s is {self._cfg['max_image_age_s']}"
-        self._counts["skipped"] += 1
-        self._last_skip = reason
-        self._warn("skip", f"no action: {reason}")
-        return reason
+        return self._skip_locked(reason, "skip")
 
     def _record_rejection(self, exc: InputRejected, instruction: str) -> str:
         if exc.kind == "instruction":
             self._reject_instruction(str(exc), if_current=instruction)
         else:
-            self._reject_frame(str(exc))
+            self._reject_input("frames", "image", str(exc))
         reason = f"rejected {exc.kind}: {exc}"
         with self._cond:
             self._last_skip = reason
@@ -506,6 +695,7 @@ class PolicyCore:
             counts, state, error, skip = dict(self._counts), self._state, self._last_error, self._last_skip
             consecutive, enabled, policy = self._consecutive_errors, self._cfg["enabled"], self._policy
             instruction, rejection, cfg = self._instruction, self._last_rejection, dict(self._cfg)
+            counters = COUNTERS + (CHUNK_COUNTERS if self._layout is not None else ())
         inference, callback = self._inference_ms.percentiles(50, 95), self._callback_ms.percentiles(50, 99)
         instruction_ms = self._instruction_ms.percentiles(100)
         if consecutive or (state == UNCONFIGURED and error):
@@ -524,7 +714,7 @@ class PolicyCore:
             "image_callback_p99_ms": f"{callback[1]:.4f}" if callback else "",
             "instruction_callback_max_ms": f"{instruction_ms[0]:.4f}" if instruction_ms else "",
             "instruction": instruction or "",
-            **{key: str(counts.get(key, 0)) for key in COUNTERS},
+            **{key: str(counts.get(key, 0)) for key in counters},
             "late_results_discarded": str(self._backend.late_results_discarded),
             "consecutive_errors": str(consecutive), "last_error": error, "last_skip_reason": skip,
             "last_rejection": rejection,

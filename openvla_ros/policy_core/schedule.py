@@ -16,14 +16,25 @@ StepDone = Callable[[str | None], None]
 
 
 @dataclass(frozen=True)
+class Stamped:
+    """One accepted input beside the camera frame (a wrist image, the robot state) with its header stamp."""
+
+    value: np.ndarray  # a wrist image: uint8 HxWx3 RGB; the state: float64 [proprio_dim]
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
 class Frame:
-    """One accepted camera frame. A policy that needs more inputs per frame (OpenVLA-OFT: a wrist
-    image, the robot state) extends this with them, stored and scheduled the same way."""
+    """One accepted camera frame. For a chunk policy (OpenVLA-OFT) the inference pairs it with the
+    latest wrist image(s) and robot state (policy_core/extra_inputs.py); the frame alone drives
+    scheduling."""
 
     seq: int
     image: np.ndarray  # uint8 HxWx3 RGB
     stamp_ns: int  # header stamp (node clock), echoed in the action's header
     received_unix_ns: int  # wall clock at callback entry, comparable across processes (bench-node)
+    wrist: tuple[Stamped, ...] = ()  # paired at inference start, in the model's camera order
+    state: Stamped | None = None  # paired at inference start when the model takes proprio
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from openvla_ros.input_checks import check_prompt_fits
 from openvla_ros.oft import ChunkInputs, ChunkNormalizer, ChunkPrediction
 from openvla_ros.runtime.chunk_pipeline import ChunkPipeline, ChunkResult
 from openvla_ros.runtime.manifest import Manifest
@@ -41,6 +42,10 @@ class RuntimeChunkPolicy:
     def pass_layout(self):
         """The static sequence layout of the export's one pass (`oft.PassLayout`)."""
         return self._pipeline.layout
+
+    def check_instruction(self, instruction: str) -> None:
+        """InstructionRejected unless the instruction's prompt fits the export's static text budget."""
+        check_prompt_fits(len(self.inputs.prompts.encode(instruction)) - 1, self.manifest.layout.max_text_tokens)
 
     def predict_chunk(self, images: Sequence[np.ndarray], instruction: str,
                       state: Sequence[float] | None = None) -> ChunkPrediction:

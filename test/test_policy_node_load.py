@@ -1,5 +1,5 @@
-"""While the policy node is busy inferring (small checkpoint), its image callbacks stay fast and
-frames that arrive meanwhile replace the pending one (latest frame wins).
+"""While the policy node is busy inferring (small checkpoint), its image callbacks never wait for
+the inference, and frames that arrive meanwhile replace the pending one (latest frame wins).
 
 640x480 frames need the large-frames Fast DDS profile, which a process reads once, when its first
 participant starts; so the camera side runs in a fresh (spawned) process with it set.
@@ -53,7 +53,7 @@ def drive_camera(model_dir: str, workdir: str, env: dict[str, str]) -> dict:
             node.stop()
 
 
-def test_image_callbacks_stay_fast_during_inference(small_onnx_export, tmp_path):
+def test_image_callbacks_never_wait_for_the_inference(small_onnx_export, tmp_path):
     env = large_frames_env(tmp_path)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         result = pool.apply(drive_camera, (str(small_onnx_export), str(tmp_path), env))
@@ -69,4 +69,7 @@ def test_image_callbacks_stay_fast_during_inference(small_onnx_export, tmp_path)
     assert received >= result["sent"] // 2
     assert published > 0 and replaced > 0  # inferences ran while frames kept arriving
     assert inference_p50 > 1000 / CAMERA_HZ  # an inference spans more than a frame period: frames pile up
-    assert float(after["image_callback_p99_ms"]) < 5.0
+    # A callback that waited for the running inference would take what is left of it: on average half
+    # an inference, at p99 nearly a whole one. Both stretch alike on a loaded machine, so the bound is
+    # their ratio, not milliseconds.
+    assert float(after["image_callback_p99_ms"]) < inference_p50 / 4

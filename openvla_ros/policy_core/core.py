@@ -363,15 +363,8 @@ class PolicyCore:
         """A camera frame: stamp checked, `convert(max_image_pixels)` -> uint8 HxWx3 RGB (ValueError:
         rejected), stored as the latest frame."""
         start = time.perf_counter()
-        problem = stamp_problem(stamp_ns, self._clock_ns(), self._cfg["max_future_stamp_s"])
-        if problem is not None:
-            kind, reason = problem
-            self._reject_input("frames", "image", reason, kind)
-            return
-        try:
-            image = convert(self._cfg["max_image_pixels"])
-        except ValueError as exc:
-            self._reject_input("frames", "image", str(exc))
+        image = self._checked_image("frames", "image", stamp_ns, convert)
+        if image is None:
             return
         with self._cond:
             self._counts["frames_received"] += 1
@@ -387,19 +380,27 @@ class PolicyCore:
     def offer_wrist(self, index: int, stamp_ns: int, convert: Callable[[int], np.ndarray]) -> None:
         """Wrist camera `index`'s image (chunk policies): checked like a frame, stored as its latest."""
         topic = "wrist image" if index == 0 else f"wrist image {index + 1}"
-        problem = stamp_problem(stamp_ns, self._clock_ns(), self._cfg["max_future_stamp_s"])
-        if problem is not None:
-            self._reject_input("wrist_images", topic, problem[1], problem[0])
-            return
-        try:
-            image = convert(self._cfg["max_image_pixels"])
-        except ValueError as exc:
-            self._reject_input("wrist_images", topic, str(exc))
+        image = self._checked_image("wrist_images", topic, stamp_ns, convert)
+        if image is None:
             return
         with self._cond:
             if self._extras is not None and index < len(self._extras.wrist_topics):
                 self._extras.put_wrist(index, image, stamp_ns)
                 self._counts["wrist_images_received"] += 1
+
+    def _checked_image(self, counter: str, what: str, stamp_ns: int,
+                       convert: Callable[[int], np.ndarray]) -> np.ndarray | None:
+        """A camera image (frame or wrist) with its stamp checked and converted; None once rejected."""
+        problem = stamp_problem(stamp_ns, self._clock_ns(), self._cfg["max_future_stamp_s"])
+        if problem is not None:
+            kind, reason = problem
+            self._reject_input(counter, what, reason, kind)
+            return None
+        try:
+            return convert(self._cfg["max_image_pixels"])
+        except ValueError as exc:
+            self._reject_input(counter, what, str(exc))
+            return None
 
     def offer_state(self, stamp_ns: int, names: list[str], positions: list[float]) -> None:
         """A robot state (chunk policies with proprio): names, values and stamp checked

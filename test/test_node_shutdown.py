@@ -4,7 +4,10 @@ mid-inference, mid-sim-step, during configure, and with every core busy.
 The evidence is the exit code and the node's own shutdown log (openvla_ros.nodes.shutdown): it
 writes when the shutdown was requested, what its cleanup waited for (a running inference, a
 simulator step), and how long the cleanup took by its own clock, so a slow test process on a
-loaded machine does not blur the measurement. The bound: "shutdown complete in X s", X < 5.
+loaded machine does not blur the measurement. The bounds: "shutdown complete in X s", X < 5, and
+the exit itself, signal sent to process reaped, < 5 s as this test sees it: that also covers what
+follows the cleanup (the interpreter's teardown took 2-5 s on a loaded machine until the nodes
+stopped running it) and can only err towards failing.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,9 +56,11 @@ def cpu_hog():
 
 def stop_and_check(node: NodeProcess, sig: signal.Signals) -> str:
     """Send `sig`, wait for the exit; check exit code 0 and the node's own "complete in X s" < 5 s."""
+    sent = time.monotonic()
     node.proc.send_signal(sig)
     try:
         rc = node.proc.wait(timeout=60.0)  # only so a hang fails the test instead of stalling it
+        exited_after_s = time.monotonic() - sent
     finally:
         node.stop()  # reaps; escalates only if the wait above timed out
     log = node.log_text()
@@ -63,7 +69,9 @@ def stop_and_check(node: NodeProcess, sig: signal.Signals) -> str:
     took = re.search(r"shutdown complete in ([0-9.]+) s", log)
     assert took, log[-3000:]
     assert float(took.group(1)) < BOUND_S, log[-3000:]
-    print(f"{node.name} on {sig.name}: cleanup {took.group(1)} s")
+    assert exited_after_s < BOUND_S, (f"{node.name} exited {exited_after_s:.2f} s after {sig.name}, "
+                                      f"its cleanup took {took.group(1)} s:\n{log[-3000:]}")
+    print(f"{node.name} on {sig.name}: cleanup {took.group(1)} s, exited after {exited_after_s:.2f} s")
     return log
 
 

@@ -10,17 +10,19 @@ ends the executor's spin; the node's `main()` then releases what it holds. `Shut
   operating system releases memory, files and devices of an exiting process;
 - when started by `openvla_ros.node_process.NodeProcess`, a watch on the pipe from its starter:
   end-of-file means the starter died (even by SIGKILL), and the node shuts itself down like on
-  SIGINT.
+  SIGINT;
+- an end without the interpreter's teardown once cleanup is complete (`run_node`).
 """
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, NoReturn
 
 import rclpy
 from rclpy.context import Context
@@ -104,10 +106,13 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
              cleanup: Callable[[Node, Executor, Callable[[str], None]], bool | None] | None = None) -> None:
     """A node process's main: init, create, `start` (e.g. autostart's configure), spin until SIGINT,
     SIGTERM or the starter's end, then `cleanup(node, executor, log)` and destroy, within the guard's
-    bound; `log` writes a line next to the guard's (what the cleanup waits for). A cleanup that
-    returns True leaves a thread inside a native library: the process then ends with `os._exit(0)`
-    once complete, since tearing the interpreter down would destroy that library under the thread
-    (ONNX Runtime aborts: "terminate called without an active exception").
+    bound; `log` writes a line next to the guard's (what the cleanup waits for). Then the process
+    ends with 0 at once (`_end_process`), without the interpreter's teardown: after a complete
+    cleanup that teardown only frees, module by module, what the operating system frees anyway
+    (MuJoCo, Mesa's EGL, ONNX Runtime), and it took 2-5 s after the bridge's 1.2 s cleanup on a
+    loaded machine, past the 5 s a node has to exit. A cleanup that returns True leaves a thread
+    inside a native library: the process then ends without running the atexit handlers either
+    (pyACL's finalize must not run under an inference).
 
     A stop that comes while the node is still being created or started (a model loading) is a
     normal end as well: rclpy raises KeyboardInterrupt (SIGINT) there, or fails on the context that
@@ -116,6 +121,7 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
     context = rclpy.get_default_context()
     guard = ShutdownGuard(context, name)
     node = executor = None
+    stopped = False  # a normal end: asked to stop, whether spinning or still starting
     try:
         node = create_node()
         executor = create_executor()
@@ -124,11 +130,13 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
         if start is not None:
             start(node)
         spin_until_shutdown(executor)
+        stopped = True
     except KeyboardInterrupt:
-        pass
+        stopped = True
     except Exception:
         if context.ok():
             raise  # a real failure (a bad parameters file, a bug): exit non-zero with the traceback
+        stopped = True
     finally:
         # From here a SIGINT changes nothing: one rclpy's handler passes on late (after the context
         # shutdown already ended the code above) or a second one must not cut the cleanup short.
@@ -141,6 +149,15 @@ def run_node(args: list[str] | None, name: str, create_node: Callable[[], Node],
             node.destroy_node()
         rclpy.try_shutdown()
         guard.complete()
-        if still_busy:
-            sys.stdout.flush()
-            os._exit(0)
+        if stopped:
+            _end_process(run_exit_handlers=not still_busy)
+
+
+def _end_process(run_exit_handlers: bool) -> NoReturn:
+    """Exit with 0 now. The atexit handlers run first unless a thread is still inside a native
+    library (they finalize pyACL and flush logging); the interpreter's teardown never does."""
+    if run_exit_handlers:
+        atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

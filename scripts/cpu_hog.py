@@ -2,8 +2,10 @@
 
 One busy-looping process per core (`--cores`, default: all), so the command competes for the CPU
 the way it does on a loaded robot computer or CI machine. Without a command it hogs until it gets
-SIGINT or SIGTERM. The exit status is the command's. Each hog also ends when this script is gone,
-however it ends (it spins on its parent's pid), so none is ever left behind.
+SIGINT or SIGTERM. The exit status is the command's; the command gets OPENVLA_CPU_HOG=<busy
+processes> in its environment, so a test that brings its own hog knows one is running already.
+Each hog also ends when this script is gone, however it ends (it spins on its parent's pid), so
+none is ever left behind.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu_hog: {args.cores} busy processes", file=sys.stderr, flush=True)
     try:
         if command:
-            return subprocess.call(command)
+            return subprocess.call(command, env={**os.environ, "OPENVLA_CPU_HOG": str(args.cores)})
         signal.pause()
         return 0
     except KeyboardInterrupt:

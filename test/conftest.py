@@ -1,7 +1,7 @@
 """Shared test setup: an isolated ROS 2 domain per test run, loopback-only discovery, paths to
 the shared official fixture (skipped with a reason when ../shared is absent), and the ROS 2
 tooling the launch tests need (test/launch_tests/: collected, counted and run when it is there,
-skipped with the reason when not)."""
+skipped with the reason when not), and no node outliving the test that started it."""
 from __future__ import annotations
 
 import filecmp
@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
+from openvla_ros.node_process import live_processes, stop_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_official_tiny"
@@ -48,6 +50,21 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+@pytest.fixture(autouse=True)
+def no_node_outlives_its_test():
+    """Stops the nodes a test started and left running, and fails the test for it. A node left by a
+    failed assertion would otherwise live until the run ends and answer, under the same name, the
+    next module's services and diagnostics (seen under load: a later module's probe got another
+    node's lifecycle responses). Nodes of module and session fixtures start before this snapshot."""
+    before = set(live_processes())
+    yield
+    left = [process for process in live_processes() if process not in before]
+    if left:
+        stop_processes(left)
+        pytest.fail(f"the test left {len(left)} node(s) running (stopped now): "
+                    + ", ".join(f"{p.name} (pid {p.pid})" for p in left), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ mode=realtime: the sim steps at control_rate_hz with the latest action (one poin
 """
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 import time
@@ -495,7 +496,13 @@ def _release(node: LiberoBridge, executor: MultiThreadedExecutor, log) -> None:
     if node._running():
         log(f"episode {episode.episode} running at step {episode.step}: the simulator finishes its step first")
     node.shutdown()
-    executor.shutdown()
+    # The process ends right after the cleanup (nodes/shutdown.py), so the pool's idle worker threads
+    # need not be joined; a loaded machine took seconds to schedule them (rclpy >= Jazzy can skip it;
+    # Humble's executor never joins them).
+    if "wait_for_threads" in inspect.signature(executor.shutdown).parameters:
+        executor.shutdown(wait_for_threads=False)
+    else:
+        executor.shutdown()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ skipped with the reason when not), and no node outliving the test that started i
 from __future__ import annotations
 
 import filecmp
+import gc
 import importlib.util
 import os
 import random
@@ -50,6 +51,18 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """The run is over: freeze the heap out of the garbage collector's reach before the interpreter
+    exits. On these machines a full collection costs about 6 us per object (0.6 M plain objects:
+    3.9 s; after `import torch` alone 3.4 s) and the exit runs several over everything the suite
+    loaded: after a loaded run of the whole suite pytest spent over 12 minutes in them (gdb:
+    Py_FinalizeEx -> finalize_modules -> gc_collect_main); after test_official_fixture.py alone
+    the exit took 24-32 s, frozen 0.9-2.3 s.
+    Frozen objects are still freed by reference count; cycles among them are left to the OS."""
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)

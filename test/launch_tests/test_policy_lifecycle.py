@@ -21,10 +21,12 @@ from rclpy.executors import SingleThreadedExecutor
 from conftest import ensure_demo_model
 from installed_launch import include_installed
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
+from openvla_ros.node_process import wait_until
 from ros2_cli import lifecycle_state, ros2_on_node
 
 NODE = "/policy_node"
 STARTUP_TIMEOUT_S = 300.0  # a guard for a loaded machine (imports, model load), not a speed requirement
+DELIVERY_TIMEOUT_S = 60.0  # a guard for discovery and event delivery on a loaded machine, likewise
 # ros2 lifecycle set TRANSITION -> the state it ends in; `ros2 lifecycle get` checks the ones with its answer.
 CLI_TRANSITIONS = [("deactivate", "inactive", None), ("cleanup", "unconfigured", None),
                    ("configure", "inactive", "inactive [2]"), ("activate", "active", "active [3]")]
@@ -44,18 +46,29 @@ class TestLifecycle(unittest.TestCase):
     def test_event_handlers_then_ros2_lifecycle(self, proc_output) -> None:
         # The launch file's handlers: configure on start, activate on reaching inactive.
         proc_output.assertWaitFor("active, mode continuous", timeout=STARTUP_TIMEOUT_S)
-        self.assertEqual(lifecycle_state(NODE), "active [3]")
+        # The line is logged inside on_activate, a moment before the transition (activating [13]) ends.
+        states: list[str] = []
+        wait_until(lambda: states.append(lifecycle_state(NODE)) or states[-1] == "active [3]",
+                   DELIVERY_TIMEOUT_S, interval=0.0)
+        self.assertEqual(states[-1], "active [3]", states)
 
         rclpy.init()
         node = rclpy.create_node("lifecycle_probe")
         goals: list[str] = []
-        node.create_subscription(TransitionEvent, f"{NODE}/transition_event",
-                                 lambda event: goals.append(event.goal_state.label), 10)
+        events = node.create_subscription(TransitionEvent, f"{NODE}/transition_event",
+                                          lambda event: goals.append(event.goal_state.label), 10)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
+        expected = [state for _, state, _ in CLI_TRANSITIONS]
+
+        def primary() -> list[str]:
+            return [label for label in list(goals) if label in ("unconfigured", "inactive", "active")]
         try:
+            # The events are volatile: one published before the subscription is matched is never seen.
+            self.assertTrue(wait_until(lambda: events.get_publisher_count() > 0, DELIVERY_TIMEOUT_S),
+                            f"{NODE}/transition_event has no publisher")
             for transition, _, answer in CLI_TRANSITIONS:
                 result = ros2_on_node("lifecycle", "set", NODE, transition)
                 self.assertIn("Transitioning successful", result.stdout,
@@ -63,13 +76,14 @@ class TestLifecycle(unittest.TestCase):
                 if answer:
                     # After `configure` the node stays inactive: the launch file's activate handler ran once.
                     self.assertEqual(lifecycle_state(NODE), answer, transition)
+            # The last event can still be waiting for the (starved) spinner when `set` returns.
+            wait_until(lambda: len(primary()) >= len(expected), DELIVERY_TIMEOUT_S)
         finally:
             executor.shutdown()
             node.destroy_node()
             rclpy.shutdown()
             spinner.join()
-        primary = [label for label in goals if label in ("unconfigured", "inactive", "active")]
-        self.assertEqual(primary, [state for _, state, _ in CLI_TRANSITIONS])
+        self.assertEqual(primary(), expected)
 
 
 @launch_testing.post_shutdown_test()

@@ -40,6 +40,8 @@ BRIDGE_PARAMS = {
 # Policy-space actions (gripper 1 = open, 0 = closed), the same for every run.
 SCRIPT = np.random.default_rng(3).uniform(-0.6, 0.6, size=(MAX_STEPS, 7))
 SCRIPT[:, 6] = (np.arange(MAX_STEPS) // 5) % 2 == 0
+# Every topic the bridge publishes each frame on, each with the frame's stamp.
+FRAME_TOPICS = ("image", "wrist/image", "ee_pose", "joint_states", "robot_state")
 
 
 
@@ -108,6 +110,11 @@ class BridgeProbe(Probe):
             self.action_pub.publish(action_msg(self.script[index], frame.header.stamp))
             self.actions_sent += 1
 
+    def first_frame_complete(self) -> bool:
+        """The episode's first frame has arrived on every topic. Each topic is its own reader, taken
+        in no set order: the agentview image can be here while the wrist image sent before it is not."""
+        return all(self.all(name) for name in FRAME_TOPICS)
+
     def views(self) -> list[bytes]:
         """The episode's distinct agentview images, in order: one per step (re-sends repeat one)."""
         return list(dict.fromkeys(bytes(f.data) for f in self.all("image")))
@@ -130,7 +137,7 @@ class BridgeProbe(Probe):
         """Reset with no scripted policy: the bridge waits for an action for its first frame."""
         self.script = None
         assert self.reset().success
-        assert wait_until(lambda: len(self.views()) == 1, 30.0)
+        assert wait_until(lambda: len(self.views()) == 1 and self.first_frame_complete(), 30.0)
 
     def set_parameter(self, name: str, value) -> bool:
         return self.set_parameters(self.bridge, **{name: value})[0].successful
@@ -167,7 +174,7 @@ def video_dir(tmp_path_factory):
 def bridge(video_dir):
     process = start_bridge(record_video=True, video_dir=str(video_dir))
     with BridgeProbe() as probe:
-        ready = process.wait_until(lambda: probe.status().get("message") == "running" and bool(probe.views()),
+        ready = process.wait_until(lambda: probe.status().get("message") == "running" and probe.first_frame_complete(),
                                    120.0, 0.2)
         assert ready, f"bridge did not start an episode:\n{process.log_text()}"
         yield process, probe

@@ -19,6 +19,8 @@ from rclpy.qos import QoSProfile
 
 from openvla_ros.qos import RELIABLE
 
+SHUTDOWN_GUARD_S = 30.0  # a guard against a wedged spin thread on a loaded machine, not a speed requirement
+
 
 class Probe:
     """Use as a context manager; `received[topic]` lists (receive perf_counter, message)."""
@@ -40,7 +42,10 @@ class Probe:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._executor.shutdown(timeout_sec=2.0)
+        # The spin thread must be out of its wait set before the node's handles are destroyed
+        # (otherwise it dies on rclpy's InvalidHandle); shutdown() only waits for running callbacks.
+        self._executor.shutdown(timeout_sec=SHUTDOWN_GUARD_S)
+        self._thread.join(timeout=SHUTDOWN_GUARD_S)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self._context)
 

@@ -80,9 +80,9 @@ class TestLifecycle(unittest.TestCase):
             wait_until(lambda: len(primary()) >= len(expected), DELIVERY_TIMEOUT_S)
         finally:
             executor.shutdown()
+            spinner.join()  # out of its wait set before the node's handles go
             node.destroy_node()
             rclpy.shutdown()
-            spinner.join()
         self.assertEqual(primary(), expected)
 
 

@@ -271,6 +271,19 @@ def test_inbox_matches_only_the_awaited_stamp():
     assert inbox.latest() is None
 
 
+def test_inbox_takes_an_answer_to_any_send_of_the_awaited_frame():
+    inbox = ActionInbox()
+    inbox.expect(200)
+    inbox.also_expect(260)  # the same observation re-sent: the answer to the first send arrives late
+    assert inbox.put(np.ones(7), 200)
+    np.testing.assert_array_equal(inbox.wait_matched(0.0).values, np.ones(7))
+    inbox.also_expect(320)  # a re-send after the match keeps it
+    assert inbox.wait_matched(0.0).stamp_ns == 200
+    inbox.expect(400)  # the next observation: answers to the last one's sends are stale
+    assert not inbox.put(np.ones(7), 260) and not inbox.put(np.ones(7), 320)
+    assert inbox.wait_matched(0.01) is None
+
+
 def test_inbox_wakes_a_waiter_on_match_and_on_interrupt():
     inbox = ActionInbox()
     inbox.expect(5)

@@ -57,7 +57,8 @@ mode=lockstep (deterministic, for evaluation), per step:
   3. wait for a valid action whose header.stamp == t; actions for other stamps are ignored (a
      stale one re-triggers policy_step at once: the policy had not seen frame t yet). After
      action_timeout_s without one, the same frame is sent again with a new stamp t' (a policy
-     refuses old frames) and awaited instead, with a new step request;
+     refuses old frames) and a new step request; an action for t or t' answers it (the same
+     observation), so a round trip longer than action_timeout_s still gets through;
   4. apply it: one env step per trajectory point (a chunk of N points is N steps, each with its
      own status; the episode may end inside a chunk, and the rest of it is dropped), then the
      next frame is published: the policy's next step sees the state after the whole chunk.
@@ -395,11 +396,16 @@ class LiberoBridge(Node):
         """Lockstep: publish the current frame, ask the policy, wait for the action computed from it."""
         config = self._config
         action, waited = None, 0.0
+        resent = False
         while not self._stopping.is_set() and self._resets.empty():
             # A re-sent frame gets a fresh stamp: a policy refuses frames older than its max image age.
             stamp = self.get_clock().now().to_msg()
             self._waiting_for_ns = Time.from_msg(stamp).nanoseconds
-            self._inbox.expect(self._waiting_for_ns)
+            if resent:
+                self._inbox.also_expect(self._waiting_for_ns)
+            else:
+                self._inbox.expect(self._waiting_for_ns)
+            resent = True
             self._publish_frame(self._obs, stamp)
             self._frame_sent_at = time.monotonic()
             self._request_policy_step()

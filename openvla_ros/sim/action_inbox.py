@@ -44,12 +44,13 @@ class ReceivedAction:
 
 
 class ActionInbox:
-    """Holds the latest valid action and, separately, the first one matching an awaited frame stamp."""
+    """Holds the latest valid action and, separately, the first one matching an awaited frame stamp
+    (the observation's first stamp or the stamp of any re-send of it)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._latest: ReceivedAction | None = None
-        self._awaited_ns: int | None = None
+        self._awaited_ns: set[int] = set()
         self._matched: ReceivedAction | None = None
         self._interrupted = False
 
@@ -58,7 +59,7 @@ class ActionInbox:
         action = ReceivedAction(values, stamp_ns, time.monotonic())
         with self._cond:
             self._latest = action
-            if self._matched is None and stamp_ns == self._awaited_ns:
+            if self._matched is None and stamp_ns in self._awaited_ns:
                 self._matched = action
                 self._cond.notify_all()
                 return True
@@ -67,8 +68,15 @@ class ActionInbox:
     def expect(self, stamp_ns: int) -> None:
         """Await actions for the frame stamped `stamp_ns`; earlier matches are forgotten."""
         with self._cond:
-            self._awaited_ns = stamp_ns
+            self._awaited_ns = {stamp_ns}
             self._matched = None
+
+    def also_expect(self, stamp_ns: int) -> None:
+        """The awaited frame was re-sent as `stamp_ns`: an action for it answers the same
+        observation. Answers to the earlier stamps still count, so a policy whose round trip is
+        longer than the re-send interval is not refused forever."""
+        with self._cond:
+            self._awaited_ns.add(stamp_ns)
 
     def wait_matched(self, timeout: float) -> ReceivedAction | None:
         """The action for the awaited frame, or None after `timeout` s or on interrupt()."""
@@ -84,7 +92,7 @@ class ActionInbox:
         """Forget everything (new episode): old actions must not drive the new one."""
         with self._cond:
             self._latest = None
-            self._awaited_ns = None
+            self._awaited_ns = set()
             self._matched = None
             self._interrupted = False
 

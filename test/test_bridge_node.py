@@ -147,18 +147,18 @@ class BridgeProbe(Probe):
         done = wait_until(lambda: self.status().get("done") == "true", timeout, interval=0.2)
         assert done, f"episode did not finish: {self.status()}"
         steps = int(self.status()["step"])
-
-        def states() -> list[tuple[float, float, float]]:
-            # A frame re-sent after action_timeout_s (a slow round trip on a loaded machine) carries
-            # a new stamp but the same, unstepped state: one entry per state actually reached.
-            by_stamp = {Time.from_msg(p.header.stamp).nanoseconds:
-                        (p.pose.position.x, p.pose.position.y, p.pose.position.z) for p in self.all("ee_pose")}
-            ordered = [by_stamp[stamp] for stamp in sorted(by_stamp)]
-            return [s for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1]]
-
         # the final state follows the done status; one state per step plus the initial one
-        assert wait_until(lambda: len(states()) == steps + 1, 10.0), f"{len(states())} states for {steps} steps"
-        return [np.array(s) for s in states()]
+        assert wait_until(lambda: len(self.ee_states()) == steps + 1, 10.0), \
+            f"{len(self.ee_states())} states for {steps} steps"
+        return [np.array(s) for s in self.ee_states()]
+
+    def ee_states(self) -> list[tuple[float, float, float]]:
+        """The EE positions the episode reached, in order. A frame re-sent after action_timeout_s (a
+        slow round trip on a loaded machine) carries a new stamp but the same, unstepped state."""
+        by_stamp = {Time.from_msg(p.header.stamp).nanoseconds:
+                    (p.pose.position.x, p.pose.position.y, p.pose.position.z) for p in self.all("ee_pose")}
+        ordered = [by_stamp[stamp] for stamp in sorted(by_stamp)]
+        return [s for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1]]
 
 
 def start_bridge(name: str = "libero_bridge", **overrides) -> NodeProcess:
@@ -268,11 +268,17 @@ def test_zero_and_future_stamped_actions_are_rejected_without_stepping(bridge):
 def test_actions_for_other_frames_are_ignored(bridge):
     process, probe = bridge
     probe.start_manual_episode()
-    stamp = probe.latest_stamp()
+    stamp = probe.all("image")[0].header.stamp
     stale = type(stamp)(sec=stamp.sec - 1, nanosec=stamp.nanosec)
-    probe.action_pub.publish(action_msg([0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0], stale))
-    time.sleep(1.5)
-    assert probe.status()["step"] == "0" and probe.status()["actions_rejected"] == "0"
+    # One publisher on a reliable topic: the bridge takes the stale action before the answer, so
+    # the step that follows shows which of the two it executed.
+    probe.action_pub.publish(action_msg([0.0, 0.0, 0.6, 0.0, 0.0, 0.0, 1.0], stale))    # up
+    probe.action_pub.publish(action_msg([0.0, 0.0, -0.6, 0.0, 0.0, 0.0, 1.0], stamp))   # down
+    assert wait_until(lambda: probe.status().get("step") == "1", 60.0), probe.status()
+    assert probe.status()["actions_rejected"] == "0"  # valid, only not an answer: ignored, not counted
+    assert wait_until(lambda: len(probe.ee_states()) == 2, 10.0), probe.ee_states()
+    (_, _, before), (_, _, after) = probe.ee_states()
+    assert after < before - 0.002, (before, after)  # moved down: the answer drove the step
 
 
 def test_lockstep_episode_ends_at_max_steps_and_is_deterministic(bridge, video_dir):

@@ -22,7 +22,7 @@ from conftest import ensure_demo_model
 from installed_launch import include_installed
 from openvla_ros.demo.instructions import DEMO_UNNORM_KEY
 from openvla_ros.node_process import wait_until
-from ros2_cli import lifecycle_state, ros2_on_node
+from ros2_cli import lifecycle_set, lifecycle_state
 
 NODE = "/policy_node"
 STARTUP_TIMEOUT_S = 300.0  # a guard for a loaded machine (imports, model load), not a speed requirement
@@ -30,6 +30,7 @@ DELIVERY_TIMEOUT_S = 60.0  # a guard for discovery and event delivery on a loade
 # ros2 lifecycle set TRANSITION -> the state it ends in; `ros2 lifecycle get` checks the ones with its answer.
 CLI_TRANSITIONS = [("deactivate", "inactive", None), ("cleanup", "unconfigured", None),
                    ("configure", "inactive", "inactive [2]"), ("activate", "active", "active [3]")]
+STATE_IDS = {"unconfigured": 1, "inactive": 2, "active": 3}  # lifecycle_msgs/State
 
 
 @pytest.mark.launch_test
@@ -69,8 +70,10 @@ class TestLifecycle(unittest.TestCase):
             # The events are volatile: one published before the subscription is matched is never seen.
             self.assertTrue(wait_until(lambda: events.get_publisher_count() > 0, DELIVERY_TIMEOUT_S),
                             f"{NODE}/transition_event has no publisher")
-            for transition, _, answer in CLI_TRANSITIONS:
-                result = ros2_on_node("lifecycle", "set", NODE, transition)
+            state = "active [3]"
+            for transition, goal, answer in CLI_TRANSITIONS:
+                result = lifecycle_set(NODE, transition, state)
+                state = f"{goal} [{STATE_IDS[goal]}]"
                 self.assertIn("Transitioning successful", result.stdout,
                               f"{transition}: {result.stdout}{result.stderr}")
                 if answer:

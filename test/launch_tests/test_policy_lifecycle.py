@@ -27,9 +27,9 @@ from ros2_cli import lifecycle_set, lifecycle_state
 NODE = "/policy_node"
 STARTUP_TIMEOUT_S = 300.0  # a guard for a loaded machine (imports, model load), not a speed requirement
 DELIVERY_TIMEOUT_S = 60.0  # a guard for discovery and event delivery on a loaded machine, likewise
-# ros2 lifecycle set TRANSITION -> the state it ends in; `ros2 lifecycle get` checks the ones with its answer.
-CLI_TRANSITIONS = [("deactivate", "inactive", None), ("cleanup", "unconfigured", None),
-                   ("configure", "inactive", "inactive [2]"), ("activate", "active", "active [3]")]
+# ros2 lifecycle set TRANSITION -> the state it ends in, and whether `ros2 lifecycle get` confirms it.
+CLI_TRANSITIONS = [("deactivate", "inactive", False), ("cleanup", "unconfigured", False),
+                   ("configure", "inactive", True), ("activate", "active", True)]
 STATE_IDS = {"unconfigured": 1, "inactive": 2, "active": 3}  # lifecycle_msgs/State
 
 
@@ -71,14 +71,14 @@ class TestLifecycle(unittest.TestCase):
             self.assertTrue(wait_until(lambda: events.get_publisher_count() > 0, DELIVERY_TIMEOUT_S),
                             f"{NODE}/transition_event has no publisher")
             state = "active [3]"
-            for transition, goal, answer in CLI_TRANSITIONS:
+            for transition, goal, confirm in CLI_TRANSITIONS:
                 result = lifecycle_set(NODE, transition, state)
                 state = f"{goal} [{STATE_IDS[goal]}]"
                 self.assertIn("Transitioning successful", result.stdout,
                               f"{transition}: {result.stdout}{result.stderr}")
-                if answer:
+                if confirm:
                     # After `configure` the node stays inactive: the launch file's activate handler ran once.
-                    self.assertEqual(lifecycle_state(NODE), answer, transition)
+                    self.assertEqual(lifecycle_state(NODE), state, transition)
             # The last event can still be waiting for the (starved) spinner when `set` returns.
             wait_until(lambda: len(primary()) >= len(expected), DELIVERY_TIMEOUT_S)
         finally:

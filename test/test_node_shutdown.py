@@ -119,7 +119,11 @@ def test_policy_node_during_configure(sig, small_onnx_export, tmp_path):
     assert "active, mode" not in log
 
 
-QUEUED_STEPS = 3
+# After the first queued step is answered the node still has QUEUED_STEPS - 1 inferences to run,
+# and the signal must reach it before they are done. With 3, a loaded run once found the node idle:
+# the test process had taken longer than two inferences of the small model to see the answer and
+# signal. 10 also stays within the step service's request history (depth 10, the ROS default).
+QUEUED_STEPS = 10
 
 
 def run_policy_mid_inference(sig: signal.Signals, model_dir: Path, tmp_path: Path) -> str:
@@ -127,7 +131,8 @@ def run_policy_mid_inference(sig: signal.Signals, model_dir: Path, tmp_path: Pat
     frame, so when the first one is answered (its action published) the next one, queued in the
     node since long before, is already inferring; the signal goes out then. No stream of frames
     has to keep up, which on a loaded machine left the node idle at the signal. The frame's age and
-    the inference's length are not this test's subject: neither may end the inference early."""
+    the inference's length are not this test's subject: neither may end the inference early.
+    Whether the signal did find an inference running is read from the node's own shutdown log."""
     with policy_process(model_dir, tmp_path, mode="trigger", max_image_age_s=3600.0,
                         inference_timeout_s=3600.0) as node, Probe("shutdown_probe") as probe:
         probe.publisher(String, "instruction", LATCHED).publish(String(data="pick up the bowl"))
@@ -157,7 +162,8 @@ def run_policy_mid_inference(sig: signal.Signals, model_dir: Path, tmp_path: Pat
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_policy_node_mid_inference(sig, small_onnx_export, tmp_path):
     log = run_policy_mid_inference(sig, small_onnx_export, tmp_path)
-    assert "an inference is running" in log, log[-3000:]
+    assert "an inference is running" in log, (f"no inference was running at the signal: the node had run out of "
+                                              f"its {QUEUED_STEPS} queued steps:\n{log[-3000:]}")
 
 
 # ----- LIBERO bridge ---------------------------------------------------------------------------
